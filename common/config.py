@@ -1,0 +1,363 @@
+"""ferry.yaml: the one configuration file of Ferry, validated on load.
+
+Every error names the file, the key path and the problem, so an operator can fix the file without reading
+code. The file holds credential *references* (an environment variable or a file name), never secrets:
+secrets are read on the worker at call time by `CredentialRef.read()`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SITES = ("onprem", "cloud")
+SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+
+
+class ConfigError(Exception):
+    """ferry.yaml is missing, unreadable or invalid; the message names file, key and problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialRef(_Model):
+    """Where a secret lives: an environment variable or a file. Never the secret itself."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' (a variable name) or 'file' (a path)")
+        return self
+
+    def describe(self) -> str:
+        """A human-readable name of the reference, safe to log."""
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+    def read(self) -> str:
+        """Read the secret on the worker, at call time. Raises ConfigError naming the reference, not the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigError(f"credential {self.describe()} is not set on this worker")
+            return value
+        assert self.file is not None
+        try:
+            return Path(self.file).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"credential {self.describe()} cannot be read: {e.strerror}") from None
+
+
+class Endpoint(_Model):
+    """One external system's HTTP API as seen from a site."""
+
+    url: str
+    credential: CredentialRef | None = None
+    username: str | None = Field(default=None, description="basic-auth user (Harbor robot account)")
+    verify_tls: bool = True
+    timeout_seconds: float = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class HarborEndpoint(Endpoint):
+    """Harbor: the API plus the registry host that image references use."""
+
+    registry: str | None = Field(default=None, description="host[:port] in image names; default: the URL's")
+    project: str = "ferry"
+    replication_policies: dict[str, int] = Field(
+        default_factory=dict,
+        description="site name -> id of the replication policy on this Harbor that pushes to that site",
+    )
+
+    @property
+    def registry_host(self) -> str:
+        """The host[:port] that prefixes image names pulled from this Harbor."""
+        return self.registry or re.sub(r"^https?://", "", self.url).split("/")[0]
+
+
+class TektonEndpoint(Endpoint):
+    """The Kubernetes API of the cluster Tekton runs on."""
+
+    namespace: str = "ci"
+    pipeline: str = "ferry-ci"
+
+
+class BuildkiteEndpoint(Endpoint):
+    """Buildkite REST API and the pipeline that runs E2E tests."""
+
+    organization: str
+    e2e_pipeline: str
+
+
+class Site(_Model):
+    """The systems one network domain can reach; a worker of that site holds only its credentials."""
+
+    harbor: HarborEndpoint | None = None
+    argocd: Endpoint | None = None
+    sonarqube: Endpoint | None = None
+    tekton: TektonEndpoint | None = None
+    buildkite: BuildkiteEndpoint | None = None
+
+
+class TLS(_Model):
+    """mTLS / server CA settings of the Temporal connection."""
+
+    enabled: bool = False
+    server_ca: CredentialRef | None = None
+    client_cert: CredentialRef | None = None
+    client_key: CredentialRef | None = None
+    server_name: str | None = None
+
+
+class TemporalSettings(_Model):
+    """How workers and the CLI reach Temporal; TEMPORAL_* environment variables override the file."""
+
+    address: str = "localhost:7233"
+    namespace: str = "default"
+    tls: TLS = TLS()
+    api_key: CredentialRef | None = None
+    ui_url: str | None = "http://localhost:8233"
+    task_queues: dict[str, str] = Field(default_factory=lambda: {"onprem": "onprem", "cloud": "cloud"})
+
+    @field_validator("task_queues")
+    @classmethod
+    def _both(cls, v: dict[str, str]) -> dict[str, str]:
+        missing = [s for s in SITES if s not in v]
+        if missing:
+            raise ValueError(f"missing task queue for site(s): {', '.join(missing)}")
+        return v
+
+
+class Repo(_Model):
+    """A git repository: URL (or local path) and its main branch."""
+
+    url: str
+    branch: str = "main"
+    name: str | None = Field(default=None, description="short name used in workflow ids; default from URL")
+
+    @property
+    def short_name(self) -> str:
+        """The name in workflow ids such as release/{repo}/{sha12}."""
+        if self.name:
+            return self.name
+        tail = self.url.rstrip("/").split("/")[-1].split(":")[-1]
+        return tail.removesuffix(".git") or "app"
+
+
+class Repos(_Model):
+    """The application monorepo and the GitOps repo."""
+
+    app: Repo
+    gitops: Repo
+
+
+class Service(_Model):
+    """A deployable service, or (kind: library) shared code that only makes its dependents rebuild."""
+
+    kind: Literal["service", "library"] = "service"
+    paths: list[str] = Field(min_length=1, description="globs of the paths it owns, relative to the repo root")
+    depends_on: list[str] = Field(default_factory=list)
+    image: str | None = Field(default=None, description="repository in Harbor, e.g. ferry/api")
+    sonar_project: str | None = None
+    argocd_apps: dict[str, str] = Field(default_factory=dict, description="environment -> Argo CD app")
+
+    @model_validator(mode="after")
+    def _image_for_services(self) -> Service:
+        if self.kind == "service" and not self.image:
+            raise ValueError("a service needs 'image' (its Harbor repository); use kind: library otherwise")
+        return self
+
+
+class Environment(_Model):
+    """A deployment target: where its GitOps folder is and which site's Argo CD and Harbor serve it."""
+
+    site: Literal["onprem", "cloud"]
+    path: str = Field(description="folder of the GitOps repo holding this environment's kustomization.yaml")
+    gate: str | None = Field(default=None, description="gate that must open before this environment moves")
+    e2e: bool = Field(default=False, description="run the Buildkite E2E pipeline after this environment syncs")
+
+
+class Gate(_Model):
+    """Who may decide a gate."""
+
+    groups: list[str] = Field(min_length=1)
+
+
+class Timeouts(_Model):
+    """Bounds on activities; a stand-in that stays down fails the release after these, ready for retry."""
+
+    activity_attempts: int = Field(default=8, ge=1)
+    activity_start_to_close_seconds: float = Field(default=1800, gt=0)
+    retry_initial_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=60.0, gt=0)
+    poll_seconds: float = Field(default=5.0, gt=0, description="how often waits poll the external system")
+
+
+class Policy(_Model):
+    """Supply-chain defaults."""
+
+    block_severity: Literal["Critical", "High", "Medium", "Low", "None"] = "Critical"
+
+
+class FerryConfig(_Model):
+    """The whole ferry.yaml."""
+
+    temporal: TemporalSettings = TemporalSettings()
+    sites: dict[str, Site]
+    repos: Repos
+    services: dict[str, Service] = Field(min_length=1)
+    environments: dict[str, Environment] = Field(min_length=1)
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    gates: dict[str, Gate] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    policy: Policy = Policy()
+    workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
+
+    @field_validator("sites")
+    @classmethod
+    def _known_sites(cls, v: dict[str, Site]) -> dict[str, Site]:
+        unknown = [s for s in v if s not in SITES]
+        if unknown:
+            raise ValueError(f"unknown site(s) {', '.join(unknown)}; sites are {', '.join(SITES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> FerryConfig:
+        problems: list[str] = []
+        for name, svc in self.services.items():
+            if not SERVICE_NAME.match(name):
+                problems.append(f"services.{name}: name must be lowercase letters, digits and '-'")
+            for dep in svc.depends_on:
+                if dep not in self.services:
+                    problems.append(f"services.{name}.depends_on: unknown service '{dep}'")
+            for env in svc.argocd_apps:
+                if env not in self.environments:
+                    problems.append(f"services.{name}.argocd_apps: unknown environment '{env}'")
+            if svc.kind == "service":
+                for env in self.environments:
+                    if env not in svc.argocd_apps:
+                        problems.append(f"services.{name}.argocd_apps: no application for environment '{env}'")
+        for name, env in self.environments.items():
+            site = self.sites.get(env.site)
+            if site is None:
+                problems.append(f"environments.{name}.site: site '{env.site}' is not configured under sites")
+            else:
+                for system in ("harbor", "argocd"):
+                    if getattr(site, system) is None:
+                        problems.append(f"sites.{env.site}.{system}: required by environment '{name}'")
+            if env.gate is not None and env.gate not in self.gates:
+                problems.append(f"environments.{name}.gate: unknown gate '{env.gate}' (define it under gates)")
+        for gname, gate in self.gates.items():
+            for group in gate.groups:
+                if group not in self.groups:
+                    problems.append(f"gates.{gname}.groups: unknown group '{group}' (define it under groups)")
+        onprem = self.sites.get("onprem")
+        if onprem is None or onprem.tekton is None or onprem.harbor is None:
+            problems.append("sites.onprem: CI needs 'tekton' and 'harbor' on the onprem site")
+        elif onprem.harbor is not None:
+            for name, env in self.environments.items():
+                if env.site != "onprem" and env.site not in onprem.harbor.replication_policies:
+                    problems.append(
+                        f"sites.onprem.harbor.replication_policies: no policy for site '{env.site}' "
+                        f"(needed by environment '{name}')"
+                    )
+        if any(e.e2e for e in self.environments.values()) and (onprem is None or onprem.buildkite is None):
+            problems.append("sites.onprem.buildkite: required because an environment has e2e: true")
+        cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
+        if cycle:
+            problems.append(f"services: depends_on cycle {' -> '.join(cycle)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def site(self, name: str) -> Site:
+        """The site named, which validation guarantees exists for every environment."""
+        return self.sites[name]
+
+    def task_queue(self, site: str) -> str:
+        """The Temporal task queue whose worker can reach this site."""
+        return self.temporal.task_queues[site]
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in graph.get(n, []):
+            if state.get(m) == 1:
+                return stack[stack.index(m) :] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (see infra/ferry.example.yaml for the keys)"
+        lines.append(f"{path}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, path: Path | str = "ferry.yaml") -> FerryConfig:
+    """Validate already-parsed YAML; ConfigError names file, key and problem."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must be a YAML mapping of keys (temporal, sites, repos, ...)")
+    try:
+        return FerryConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None
+
+
+def default_config_path() -> Path:
+    """FERRY_CONFIG, else ./ferry.yaml."""
+    return Path(os.environ.get("FERRY_CONFIG", "ferry.yaml"))
+
+
+def load_config(path: Path | str | None = None) -> FerryConfig:
+    """Read and validate ferry.yaml (or FERRY_CONFIG); ConfigError on any problem."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (pass --config or set FERRY_CONFIG)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
+    return parse_config(data, path)

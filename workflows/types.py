@@ -1,0 +1,401 @@
+"""Payloads of workflows and activities: plain dataclasses, one argument each.
+
+They carry SHAs, names, paths and digests only: never source code, never secrets. Both the workflow sandbox
+and the activities import this module, so it must stay free of I/O and heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# --- the plan: the part of ferry.yaml a release needs, frozen into its input so replays see the same ---
+
+
+@dataclass
+class ServiceSpec:
+    """A service or library as the workflows see it."""
+
+    name: str
+    paths: list[str]
+    depends_on: list[str] = field(default_factory=list)
+    kind: str = "service"
+    image: str | None = None
+    sonar_project: str | None = None
+    argocd_apps: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EnvironmentSpec:
+    """One environment of the promotion chain, in order."""
+
+    name: str
+    site: str
+    path: str
+    task_queue: str
+    harbor_registry: str
+    harbor_project: str
+    gate: str | None = None
+    e2e: bool = False
+
+
+@dataclass
+class GateSpec:
+    """Who may decide a gate: the groups and their members, as configured when the release started."""
+
+    name: str
+    groups: list[str]
+    members: dict[str, list[str]]
+
+
+@dataclass
+class ActivitySettings:
+    """Timeouts and retries of every activity call."""
+
+    attempts: int = 8
+    start_to_close_seconds: float = 1800
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    heartbeat_seconds: float = 60.0
+
+
+@dataclass
+class ReleasePlan:
+    """Everything a release must know of ferry.yaml."""
+
+    app_repo: str
+    app_repo_url: str
+    gitops_repo_url: str
+    gitops_branch: str
+    services: list[ServiceSpec]
+    environments: list[EnvironmentSpec]
+    gates: list[GateSpec]
+    onprem_queue: str
+    onprem_registry: str
+    onprem_project: str
+    block_severity: str = "Critical"
+    replication_policies: dict[str, int] = field(default_factory=dict)
+    tekton_namespace: str = "ci"
+    tekton_pipeline: str = "ferry-ci"
+    activities: ActivitySettings = field(default_factory=ActivitySettings)
+
+
+# --- workflow inputs and outputs ---
+
+
+@dataclass
+class ReleaseInput:
+    """Start a release of one commit."""
+
+    release_id: str
+    commit: str
+    branch: str
+    plan: ReleasePlan
+    base_commit: str | None = None
+    only_services: list[str] = field(default_factory=list)
+    message: str = ""
+    author: str = ""
+    build_url: str = ""
+
+
+@dataclass
+class CIInput:
+    """The child CI workflow's input."""
+
+    release_id: str
+    commit: str
+    branch: str
+    plan: ReleasePlan
+    base_commit: str | None = None
+    only_services: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Artifact:
+    """An image built by CI, addressed by digest."""
+
+    service: str
+    repository: str
+    digest: str
+    tag: str = ""
+
+
+@dataclass
+class CIResult:
+    """What CI produced: the affected services, the pipeline it ran, the images."""
+
+    base_commit: str
+    changed_files: int
+    affected: list[str]
+    reasons: dict[str, str]
+    buildkite_pipeline: str
+    pipelineruns: dict[str, dict]
+    artifacts: list[Artifact]
+    nothing_to_release: bool = False
+
+
+# --- activity inputs and outputs ---
+
+
+@dataclass
+class AnalyzeChangesInput:
+    """Which services does this commit touch? base_commit None: last released commit or merge base."""
+
+    repo_url: str
+    commit: str
+    branch: str
+    default_branch: str
+    services: list[ServiceSpec]
+    base_commit: str | None = None
+    gitops_repo_url: str | None = None
+    gitops_branch: str = "main"
+    first_env_path: str | None = None
+
+
+@dataclass
+class ChangeSet:
+    """The answer of change analysis."""
+
+    base_commit: str
+    commit: str
+    changed_files: list[str]
+    affected: list[str]
+    reasons: dict[str, str]
+
+
+@dataclass
+class RenderPipelineInput:
+    """Render the minimal dynamic pipeline for the affected services."""
+
+    release_id: str
+    commit: str
+    branch: str
+    affected: list[str]
+    services: list[ServiceSpec]
+    registry: str
+    project: str
+    namespace: str
+    pipeline: str
+
+
+@dataclass
+class PipelinePlan:
+    """A Buildkite pipeline YAML (for `buildkite-agent pipeline upload`) and one PipelineRun per service."""
+
+    buildkite_yaml: str
+    pipelineruns: dict[str, dict]
+
+
+@dataclass
+class TektonRunInput:
+    """Run one PipelineRun (created if absent, never twice) and wait for it."""
+
+    service: str
+    namespace: str
+    manifest: dict
+
+
+@dataclass
+class TektonRunResult:
+    """The PipelineRun's name and its results (IMAGE_DIGEST, IMAGE_URL, SONAR_CE_TASK_ID...)."""
+
+    name: str
+    results: dict[str, str]
+
+
+@dataclass
+class QualityGateInput:
+    """Wait for SonarQube's background task, then read the quality gate of its analysis."""
+
+    service: str
+    project_key: str
+    ce_task_id: str
+
+
+@dataclass
+class QualityGateResult:
+    """OK or WARN (ERROR raises); conditions as 'metric: actual (threshold)' lines."""
+
+    status: str
+    conditions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ArtifactRef:
+    """An image in one Harbor instance ('onprem' or 'cloud')."""
+
+    instance: str
+    project: str
+    repository: str
+    digest: str
+
+
+@dataclass
+class ScanGateInput:
+    """Block the image if Trivy found anything at or above block_severity."""
+
+    artifact: ArtifactRef
+    block_severity: str = "Critical"
+
+
+@dataclass
+class ScanResult:
+    """Highest severity found and the counts per severity."""
+
+    severity: str
+    summary: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ReplicationInput:
+    """Run a Harbor replication policy on the source instance and wait for it to finish."""
+
+    instance: str
+    policy_id: int
+    release_id: str
+
+
+@dataclass
+class ReplicationResult:
+    """The execution that ran and its final status."""
+
+    execution_id: int
+    status: str
+
+
+@dataclass
+class ImagePin:
+    """One `images:` entry of a kustomization: name as in _base, new registry/repository, exact digest."""
+
+    name: str
+    new_name: str
+    digest: str
+
+
+@dataclass
+class GitOpsMoveInput:
+    """Pin an environment's images to exact digests with one commit (none if already there)."""
+
+    repo_url: str
+    branch: str
+    environment: str
+    path: str
+    images: list[ImagePin]
+    release_id: str
+    app_commit: str
+
+
+@dataclass
+class GitOpsMoveResult:
+    """The GitOps commit that holds the pins, and whether this call made it."""
+
+    commit: str
+    changed: bool
+
+
+@dataclass
+class ArgoSyncInput:
+    """Sync an Argo CD application to an exact revision and wait for Synced + Healthy there."""
+
+    instance: str
+    app: str
+    revision: str
+
+
+@dataclass
+class ArgoSyncResult:
+    """What Argo CD reports once synced."""
+
+    app: str
+    revision: str
+    sync_status: str
+    health: str
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass
+class E2EInput:
+    """Run the configured Buildkite E2E pipeline against an environment."""
+
+    release_id: str
+    commit: str
+    branch: str
+    environment: str
+    message: str = ""
+
+
+@dataclass
+class E2EResult:
+    """The finished build."""
+
+    number: int
+    state: str
+    web_url: str
+
+
+# --- gates ---
+
+
+@dataclass
+class Decision:
+    """An approve or reject of a gate, by update, signal or CLI."""
+
+    stage: str
+    user: str
+    comment: str = ""
+    approve: bool = True
+    channel: str = "update"
+
+
+@dataclass
+class AuditEntry:
+    """One decision or refusal, kept in workflow state and shown by `status` and the audit."""
+
+    stage: str
+    user: str
+    action: str
+    channel: str
+    at: str
+    comment: str = ""
+    reason: str = ""
+
+
+@dataclass
+class GateStatus:
+    """A gate's state in `status`."""
+
+    stage: str
+    state: str = "pending"  # pending | waiting | approved | rejected
+    decided_by: str = ""
+    comment: str = ""
+    opened_at: str = ""
+    decided_at: str = ""
+
+
+@dataclass
+class EnvironmentStatus:
+    """Where an environment stands for this release."""
+
+    name: str
+    state: str = "pending"  # pending | moving | syncing | verifying | deployed | failed
+    gitops_commit: str = ""
+    apps: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ReleaseStatus:
+    """Answer of the `status` query."""
+
+    release_id: str
+    commit: str
+    branch: str
+    stage: str
+    outcome: str = "running"  # running | succeeded | failed | rejected | nothing_to_release
+    services: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    gates: list[GateStatus] = field(default_factory=list)
+    environments: list[EnvironmentStatus] = field(default_factory=list)
+    timings: dict[str, dict[str, str]] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    error: str = ""
+    e2e_url: str = ""
+    ci: CIResult | None = None
