@@ -172,7 +172,7 @@ class Service(_Model):
     kind: Literal["service", "library"] = "service"
     paths: list[str] = Field(min_length=1, description="globs of the paths it owns, relative to the repo root")
     depends_on: list[str] = Field(default_factory=list)
-    image: str | None = Field(default=None, description="repository in Harbor, e.g. ferry/api")
+    image: str | None = Field(default=None, description="repository in the Harbor project, e.g. api")
     sonar_project: str | None = None
     argocd_apps: dict[str, str] = Field(default_factory=dict, description="environment -> Argo CD app")
 

@@ -64,6 +64,7 @@ class ReleasePlan:
 
     app_repo: str
     app_repo_url: str
+    app_default_branch: str
     gitops_repo_url: str
     gitops_branch: str
     services: list[ServiceSpec]

@@ -1,0 +1,72 @@
+"""Freeze the part of ferry.yaml a release needs into its input (`ReleasePlan`).
+
+A release replays against the configuration it started with, so editing ferry.yaml later (a new approver,
+a new service) never breaks the replay of a release already in flight.
+"""
+
+from __future__ import annotations
+
+from common.config import FerryConfig
+from workflows.types import ActivitySettings, EnvironmentSpec, GateSpec, ReleasePlan, ServiceSpec
+
+
+def build_plan(cfg: FerryConfig) -> ReleasePlan:
+    """The ReleasePlan of this configuration; holds names, URLs and groups, never a secret."""
+    onprem_harbor = cfg.sites["onprem"].harbor
+    tekton = cfg.sites["onprem"].tekton
+    assert onprem_harbor is not None and tekton is not None  # guaranteed by config validation
+    environments = []
+    for name, env in cfg.environments.items():
+        harbor = cfg.site(env.site).harbor
+        assert harbor is not None
+        environments.append(
+            EnvironmentSpec(
+                name=name,
+                site=env.site,
+                path=env.path,
+                task_queue=cfg.task_queue(env.site),
+                harbor_registry=harbor.registry_host,
+                harbor_project=harbor.project,
+                gate=env.gate,
+                e2e=env.e2e,
+            )
+        )
+    t = cfg.timeouts
+    return ReleasePlan(
+        app_repo=cfg.repos.app.short_name,
+        app_repo_url=cfg.repos.app.url,
+        app_default_branch=cfg.repos.app.branch,
+        gitops_repo_url=cfg.repos.gitops.url,
+        gitops_branch=cfg.repos.gitops.branch,
+        services=[
+            ServiceSpec(
+                name=name,
+                paths=list(s.paths),
+                depends_on=list(s.depends_on),
+                kind=s.kind,
+                image=s.image,
+                sonar_project=s.sonar_project,
+                argocd_apps=dict(s.argocd_apps),
+            )
+            for name, s in cfg.services.items()
+        ],
+        environments=environments,
+        gates=[
+            GateSpec(name=g, groups=list(gate.groups), members={grp: list(cfg.groups[grp]) for grp in gate.groups})
+            for g, gate in cfg.gates.items()
+        ],
+        onprem_queue=cfg.task_queue("onprem"),
+        onprem_registry=onprem_harbor.registry_host,
+        onprem_project=onprem_harbor.project,
+        block_severity=cfg.policy.block_severity,
+        replication_policies=dict(onprem_harbor.replication_policies),
+        tekton_namespace=tekton.namespace,
+        tekton_pipeline=tekton.pipeline,
+        activities=ActivitySettings(
+            attempts=t.activity_attempts,
+            start_to_close_seconds=t.activity_start_to_close_seconds,
+            retry_initial_seconds=t.retry_initial_seconds,
+            retry_max_seconds=t.retry_max_seconds,
+            heartbeat_seconds=t.heartbeat_seconds,
+        ),
+    )

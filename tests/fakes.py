@@ -1,0 +1,141 @@
+"""Fake activities, registered by name, for workflow tests on the time-skipping server.
+
+They record every call (with the task queue that ran it) and can be told to fail the way the real ones do,
+with the same non-retryable error types, so the workflow's branching is tested without any I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from temporalio import activity
+
+from activities import errors
+from workflows.types import (
+    AnalyzeChangesInput,
+    ArgoSyncInput,
+    ArgoSyncResult,
+    ArtifactRef,
+    ChangeSet,
+    E2EInput,
+    E2EResult,
+    GitOpsMoveInput,
+    GitOpsMoveResult,
+    PipelinePlan,
+    QualityGateInput,
+    QualityGateResult,
+    RenderPipelineInput,
+    ReplicationInput,
+    ReplicationResult,
+    ScanGateInput,
+    ScanResult,
+    TektonRunInput,
+    TektonRunResult,
+)
+
+
+@dataclass
+class Fakes:
+    """Configurable fake systems and the log of what the workflow asked of them."""
+
+    affected: list[str] = field(default_factory=lambda: ["api"])
+    failing_gate: set[str] = field(default_factory=set)
+    critical: set[str] = field(default_factory=set)
+    e2e_fails: bool = False
+    degraded: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str, object]] = field(default_factory=list)
+
+    def _log(self, name: str, arg: object) -> None:
+        self.calls.append((name, activity.info().task_queue, arg))
+
+    def names(self, name: str) -> list[tuple[str, object]]:
+        """(task queue, argument) of every call of one activity."""
+        return [(q, a) for n, q, a in self.calls if n == name]
+
+    def onprem(self) -> list:
+        """The fakes the onprem worker registers."""
+
+        @activity.defn(name="changes.analyze")
+        async def analyze(inp: AnalyzeChangesInput) -> ChangeSet:
+            self._log("changes.analyze", inp)
+            return ChangeSet(
+                base_commit="0" * 40,
+                commit=inp.commit,
+                changed_files=[f"services/{s}/main.py" for s in self.affected],
+                affected=list(self.affected),
+                reasons={s: f"changed: services/{s}/main.py" for s in self.affected},
+            )
+
+        @activity.defn(name="pipeline.render")
+        async def render(inp: RenderPipelineInput) -> PipelinePlan:
+            self._log("pipeline.render", inp)
+            return PipelinePlan(
+                buildkite_yaml="steps: []\n",
+                pipelineruns={s: {"metadata": {"name": f"ferry-{inp.commit[:12]}-{s}"}} for s in inp.affected},
+            )
+
+        @activity.defn(name="tekton.run")
+        async def tekton(inp: TektonRunInput) -> TektonRunResult:
+            self._log("tekton.run", inp)
+            digest = "sha256:" + hashlib.sha256(inp.manifest["metadata"]["name"].encode()).hexdigest()
+            return TektonRunResult(
+                name=inp.manifest["metadata"]["name"],
+                results={"IMAGE_DIGEST": digest, "SONAR_CE_TASK_ID": f"task-{inp.service}"},
+            )
+
+        @activity.defn(name="sonarqube.quality_gate")
+        async def quality(inp: QualityGateInput) -> QualityGateResult:
+            self._log("sonarqube.quality_gate", inp)
+            if inp.service in self.failing_gate:
+                raise errors.fatal(
+                    f"SonarQube quality gate ERROR for service {inp.service}", errors.QUALITY_GATE_FAILED
+                )
+            return QualityGateResult(status="OK")
+
+        @activity.defn(name="harbor.scan_gate")
+        async def scan(inp: ScanGateInput) -> ScanResult:
+            self._log("harbor.scan_gate", inp)
+            if inp.artifact.repository in self.critical:
+                raise errors.fatal(f"{inp.artifact.repository}: Critical blocks", errors.VULNERABILITY_POLICY)
+            return ScanResult(severity="None")
+
+        @activity.defn(name="harbor.replicate")
+        async def replicate(inp: ReplicationInput) -> ReplicationResult:
+            self._log("harbor.replicate", inp)
+            return ReplicationResult(execution_id=7, status="Succeed")
+
+        @activity.defn(name="gitops.move")
+        async def move(inp: GitOpsMoveInput) -> GitOpsMoveResult:
+            self._log("gitops.move", inp)
+            return GitOpsMoveResult(commit=hashlib.sha1(inp.environment.encode()).hexdigest(), changed=True)
+
+        @activity.defn(name="buildkite.e2e")
+        async def e2e(inp: E2EInput) -> E2EResult:
+            self._log("buildkite.e2e", inp)
+            url = "http://buildkite.test/acme/e2e/builds/1"
+            if self.e2e_fails:
+                raise errors.fatal(f"E2E build failed: {url}", errors.E2E_FAILED, web_url=url)
+            return E2EResult(number=1, state="passed", web_url=url)
+
+        return [analyze, render, tekton, quality, scan, replicate, move, e2e, self._argocd()]
+
+    def cloud(self) -> list:
+        """The fakes the cloud worker registers."""
+
+        @activity.defn(name="harbor.confirm")
+        async def confirm(inp: ArtifactRef) -> ArtifactRef:
+            self._log("harbor.confirm", inp)
+            return inp
+
+        return [confirm, self._argocd()]
+
+    def _argocd(self):
+        @activity.defn(name="argocd.sync")
+        async def sync(inp: ArgoSyncInput) -> ArgoSyncResult:
+            self._log("argocd.sync", inp)
+            if inp.app in self.degraded:
+                raise errors.fatal(f"Argo CD application {inp.app} is Degraded", errors.APPLICATION_DEGRADED)
+            return ArgoSyncResult(app=inp.app, revision=inp.revision, sync_status="Synced", health="Healthy")
+
+        return sync

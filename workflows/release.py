@@ -1,0 +1,299 @@
+"""The Release workflow: one commit from CI on-prem to production in the cloud.
+
+CI (child) -> for each environment in order: [gate] -> [replicate to the environment's Harbor] -> GitOps
+move -> Argo CD sync at that exact revision -> [E2E]. Every step is an activity on the task queue of the
+site that can reach the system; the workflow holds the decisions, the gates and the audit, and answers
+`status`. It does no I/O and reads time only through `workflow.now()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows import search
+    from workflows.ci import CIWorkflow, failure_message
+    from workflows.gates import Gates
+    from workflows.options import activity_options
+    from workflows.types import (
+        ArgoSyncInput,
+        ArgoSyncResult,
+        ArtifactRef,
+        CIInput,
+        CIResult,
+        Decision,
+        E2EInput,
+        E2EResult,
+        EnvironmentSpec,
+        EnvironmentStatus,
+        GateStatus,
+        GitOpsMoveInput,
+        GitOpsMoveResult,
+        ImagePin,
+        ReleaseInput,
+        ReleaseStatus,
+        ReplicationInput,
+        ReplicationResult,
+    )
+
+RELEASE_FAILED = "ReleaseFailed"
+
+
+def release_workflow_id(repo: str, commit: str) -> str:
+    """`release/{repo}/{sha12}`: one release per commit, found by id in the UI and the CLI."""
+    return f"release/{repo}/{commit[:12]}"
+
+
+def ci_workflow_id(repo: str, commit: str) -> str:
+    """`ci/{repo}/{sha12}`: the CI child of a release."""
+    return f"ci/{repo}/{commit[:12]}"
+
+
+@workflow.defn(name="Release")
+class ReleaseWorkflow:
+    """Promotes one commit through every environment, waiting on gates, auditable at each step."""
+
+    @workflow.init
+    def __init__(self, inp: ReleaseInput) -> None:
+        self._inp = inp
+        gated = [e.name for e in inp.plan.environments if e.gate]
+        self._gates = Gates(inp.plan.gates, gated)
+        for env in inp.plan.environments:
+            if env.gate:
+                self._gates.bind(env.name, env.gate)
+        self._status = ReleaseStatus(
+            release_id=inp.release_id,
+            commit=inp.commit,
+            branch=inp.branch,
+            stage="starting",
+            environments=[EnvironmentStatus(name=e.name) for e in inp.plan.environments],
+        )
+
+    # --- queries, updates, signals ---
+
+    @workflow.query
+    def status(self) -> ReleaseStatus:
+        """Stage, services, digests, gates with decisions, environments, timings and the audit."""
+        return dataclasses.replace(self._status, gates=list(self._gates.status.values()), audit=list(self._gates.audit))
+
+    @workflow.update
+    def approve(self, decision: Decision) -> GateStatus:
+        """Open the gate named by `decision.stage` (validated: the approver must be in its group)."""
+        decision.approve = True
+        return self._gates.apply(decision, workflow.now())
+
+    @approve.validator
+    def _validate_approve(self, decision: Decision) -> None:
+        if reason := self._gates.refusal(decision, self._status.stage):
+            raise ValueError(reason)
+
+    @workflow.update
+    def reject(self, decision: Decision) -> GateStatus:
+        """Reject the gate: the release ends as `rejected` with the rejector and comment in `status`."""
+        decision.approve = False
+        return self._gates.apply(decision, workflow.now())
+
+    @reject.validator
+    def _validate_reject(self, decision: Decision) -> None:
+        if reason := self._gates.refusal(decision, self._status.stage):
+            raise ValueError(reason)
+
+    @workflow.signal
+    def decide(self, decision: Decision) -> None:
+        """The same decision as a Signal (Temporal UI, `temporal workflow signal`); refusals are audited."""
+        decision.channel = "signal"
+        if reason := self._gates.refusal(decision, self._status.stage):
+            self._gates.refuse(decision, reason, workflow.now())
+            return
+        self._gates.apply(decision, workflow.now())
+
+    # --- the run ---
+
+    @workflow.run
+    async def run(self, inp: ReleaseInput) -> ReleaseStatus:
+        """Run the release; fails with ReleaseFailed (message names stage and cause) on any failure."""
+        workflow.upsert_search_attributes(
+            [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
+        )
+        try:
+            ci = await self._ci(inp)
+            if ci.nothing_to_release:
+                self._status.outcome = "nothing_to_release"
+                self._enter("done", "nothing to release: no deployable service changed")
+                return self.status()
+            for env in inp.plan.environments:
+                if env.gate and not await self._gate(env):
+                    self._status.outcome = "rejected"
+                    gate = self._gates.status[env.name]
+                    self._enter("rejected", f"rejected at {env.name} by {gate.decided_by}: {gate.comment}")
+                    return self.status()
+                await self._deploy(inp, env, ci)
+        except (ActivityError, ChildWorkflowError, ApplicationError) as e:
+            stage = self._status.stage
+            self._status.outcome = "failed"
+            self._status.error = f"{stage}: {failure_message(e)}"
+            self._finish_timing(stage)
+            workflow.set_current_details(f"FAILED at {stage}: {failure_message(e)}")
+            self._upsert_stage(f"failed:{stage}")
+            raise ApplicationError(self._status.error, type=RELEASE_FAILED, non_retryable=True) from e
+        self._status.outcome = "succeeded"
+        self._enter("done", "released to " + ", ".join(e.name for e in inp.plan.environments))
+        return self.status()
+
+    async def _ci(self, inp: ReleaseInput) -> CIResult:
+        self._enter("ci", f"CI of {inp.commit[:12]}")
+        ci: CIResult = await workflow.execute_child_workflow(
+            CIWorkflow.run,
+            CIInput(
+                release_id=inp.release_id,
+                commit=inp.commit,
+                branch=inp.branch,
+                plan=inp.plan,
+                base_commit=inp.base_commit,
+                only_services=inp.only_services,
+            ),
+            id=ci_workflow_id(inp.plan.app_repo, inp.commit),
+            task_queue=inp.plan.onprem_queue,
+        )
+        self._status.ci = ci
+        self._status.services = ci.affected
+        self._status.digests = {a.service: a.digest for a in ci.artifacts}
+        if ci.affected:
+            workflow.upsert_search_attributes([search.SERVICES.value_set(ci.affected)])
+        self._finish_timing("ci")
+        return ci
+
+    async def _gate(self, env: EnvironmentSpec) -> bool:
+        stage = f"gate:{env.name}"
+        self._enter(stage, f"waiting for approval of {env.name} (gate {env.gate})")
+        self._gates.open(env.name, workflow.now())
+        await workflow.wait_condition(lambda: self._gates.decided(env.name))
+        self._finish_timing(stage)
+        return self._gates.status[env.name].state == "approved"
+
+    async def _deploy(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult) -> None:
+        plan = inp.plan
+        onprem = activity_options(plan.activities, plan.onprem_queue)
+        onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
+        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
+        env_status = next(s for s in self._status.environments if s.name == env.name)
+        specs = {s.name: s for s in plan.services}
+
+        if env.site != "onprem" and not self._replicated(env.site):
+            self._enter(f"replicate:{env.site}", f"replicating {len(ci.artifacts)} image(s) to {env.site}")
+            await workflow.execute_activity(
+                "harbor.replicate",
+                ReplicationInput(
+                    instance="onprem",
+                    policy_id=plan.replication_policies[env.site],
+                    release_id=inp.release_id,
+                ),
+                result_type=ReplicationResult,
+                **onprem_waits,
+            )
+            for art in ci.artifacts:
+                await workflow.execute_activity(
+                    "harbor.confirm",
+                    ArtifactRef(
+                        instance=env.site,
+                        project=env.harbor_project,
+                        repository=art.repository,
+                        digest=art.digest,
+                    ),
+                    result_type=ArtifactRef,
+                    **activity_options(plan.activities, env.task_queue),
+                )
+            self._finish_timing(f"replicate:{env.site}")
+
+        self._enter(f"deploy:{env.name}", f"moving {env.name} to {inp.commit[:12]}")
+        env_status.state = "moving"
+        move: GitOpsMoveResult = await workflow.execute_activity(
+            "gitops.move",
+            GitOpsMoveInput(
+                repo_url=plan.gitops_repo_url,
+                branch=plan.gitops_branch,
+                environment=env.name,
+                path=env.path,
+                images=[
+                    ImagePin(
+                        name=a.repository,
+                        new_name=f"{env.harbor_registry}/{env.harbor_project}/{a.repository}",
+                        digest=a.digest,
+                    )
+                    for a in ci.artifacts
+                ],
+                release_id=inp.release_id,
+                app_commit=inp.commit,
+            ),
+            result_type=GitOpsMoveResult,
+            **onprem,
+        )
+        env_status.gitops_commit = move.commit
+        env_status.state = "syncing"
+        apps = sorted({specs[a.service].argocd_apps[env.name] for a in ci.artifacts})
+        workflow.set_current_details(f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
+        for app in apps:
+            synced: ArgoSyncResult = await workflow.execute_activity(
+                "argocd.sync",
+                ArgoSyncInput(instance=env.site, app=app, revision=move.commit),
+                result_type=ArgoSyncResult,
+                **site_waits,
+            )
+            env_status.apps[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+
+        if env.e2e:
+            env_status.state = "verifying"
+            self._enter(f"e2e:{env.name}", f"E2E on {env.name}")
+            try:
+                e2e: E2EResult = await workflow.execute_activity(
+                    "buildkite.e2e",
+                    E2EInput(
+                        release_id=inp.release_id,
+                        commit=inp.commit,
+                        branch=inp.branch,
+                        environment=env.name,
+                        message=inp.message,
+                    ),
+                    result_type=E2EResult,
+                    **onprem_waits,
+                )
+            except ActivityError as e:
+                self._status.e2e_url = _detail(e, "web_url")
+                env_status.state = "failed"
+                raise
+            self._status.e2e_url = e2e.web_url
+            self._finish_timing(f"e2e:{env.name}")
+        env_status.state = "deployed"
+        self._finish_timing(f"deploy:{env.name}")
+
+    # --- bookkeeping ---
+
+    def _replicated(self, site: str) -> bool:
+        return f"replicate:{site}" in self._status.timings
+
+    def _enter(self, stage: str, details: str) -> None:
+        self._status.stage = stage
+        self._status.timings.setdefault(stage, {})["started"] = workflow.now().isoformat()
+        workflow.set_current_details(details)
+        self._upsert_stage(stage)
+
+    def _finish_timing(self, stage: str) -> None:
+        self._status.timings.setdefault(stage, {})["ended"] = workflow.now().isoformat()
+
+    def _upsert_stage(self, stage: str) -> None:
+        workflow.upsert_search_attributes([search.RELEASE_STAGE.value_set(stage)])
+
+
+def _detail(err: BaseException, key: str) -> str:
+    """A named detail (e.g. web_url) of the innermost ApplicationError, or ''."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.details:
+            first = cause.details[0]
+            if isinstance(first, dict) and key in first:
+                return str(first[key])
+        cause = cause.__cause__
+    return ""
