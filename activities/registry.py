@@ -1,0 +1,81 @@
+"""Which activities each site's worker registers, built from ferry.yaml with the site's clients only.
+
+`onprem`: git (change analysis, pipeline rendering, GitOps moves), Tekton, SonarQube, Harbor-OnPrem (scan
+gate, replication), Argo CD-OnPrem and Buildkite. `cloud`: Harbor-Cloud (confirm a replicated digest) and
+Argo CD-Cloud. A system that a site does not configure is simply not registered there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from activities.argocd import ArgoCDActivities
+from activities.buildkite import BuildkiteActivities
+from activities.changes import ChangeActivities
+from activities.gitops import GitOpsActivities
+from activities.gitrepo import GitWorkspace
+from activities.harbor import HarborActivities
+from activities.pipeline import PipelineActivities
+from activities.sonarqube import SonarQubeActivities
+from activities.tekton import TektonActivities
+from common.config import FerryConfig
+
+# Activities of each system that belong to each site: the rest of a class's methods run elsewhere.
+ONPREM_HARBOR = ("scan_gate", "replicate")
+CLOUD_HARBOR = ("confirm",)
+
+
+@dataclass
+class SiteActivities:
+    """The activity callables of one site's worker, and what to close at shutdown."""
+
+    functions: list[Callable[..., Any]]
+    closers: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_config(
+        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> SiteActivities:
+        """Build the activities of `site`; `transport` lets tests route HTTP to in-process stand-ins."""
+        conf = cfg.sites.get(site)
+        functions: list[Callable[..., Any]] = []
+        closers: list[Any] = []
+        if conf is None:
+            return cls(functions, closers)
+        if conf.harbor is not None:
+            harbor = HarborActivities.from_config(cfg, site, transport=transport)
+            names = ONPREM_HARBOR if site == "onprem" else CLOUD_HARBOR
+            functions += [getattr(harbor, n) for n in names]
+            closers.append(harbor)
+        if conf.argocd is not None:
+            argocd = ArgoCDActivities.from_config(cfg, site, transport=transport)
+            functions.append(argocd.sync)
+            closers.append(argocd)
+        if site == "onprem":
+            workspace = GitWorkspace(Path(cfg.workdir).expanduser() / "git")
+            functions.append(ChangeActivities(workspace).analyze)
+            functions.append(GitOpsActivities(workspace).move)
+            functions.append(PipelineActivities().render)
+            if conf.tekton is not None:
+                tekton = TektonActivities.from_config(cfg, site, transport=transport)
+                functions += [tekton.run, tekton.cancel]
+                closers.append(tekton)
+            if conf.sonarqube is not None:
+                sonar = SonarQubeActivities.from_config(cfg, site, transport=transport)
+                functions.append(sonar.quality_gate)
+                closers.append(sonar)
+            if conf.buildkite is not None:
+                bk = BuildkiteActivities.from_config(cfg, site, transport=transport)
+                functions.append(bk.e2e)
+                closers.append(bk)
+        return cls(functions, closers)
+
+    async def aclose(self) -> None:
+        """Close every client's connection pool."""
+        for closer in self.closers:
+            await closer.aclose()

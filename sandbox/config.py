@@ -1,0 +1,94 @@
+"""The sandbox's ferry.yaml: the example monorepo's services, stand-in URLs, groups and demo approvers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STANDINS = ("harbor-onprem", "harbor-cloud", "argocd-onprem", "argocd-cloud", "sonarqube", "tekton", "buildkite")
+ENVIRONMENTS = ("testbed", "staging", "production")
+
+# The demo's approvers: QA decides staging, the release manager decides production.
+DEMO_USERS = {"staging": "quinn", "production": "rita"}
+
+
+def default_ports(base: int = 7233) -> dict[str, int]:
+    """Temporal on `base`, its UI on base+1000 (the dev server's defaults), stand-ins from 18101."""
+    offset = base - 7233
+    ports = {"temporal": base, "temporal-ui": base + 1000}
+    ports.update({name: 18101 + offset + i for i, name in enumerate(STANDINS)})
+    return ports
+
+
+def example_services() -> dict[str, Any]:
+    """`services:` of the example monorepo: four services and `common`, a library two of them use."""
+
+    def svc(name: str, depends_on: list[str] | None = None) -> dict[str, Any]:
+        return {
+            "paths": [f"services/{name}/**"],
+            "depends_on": depends_on or [],
+            "image": name,
+            "argocd_apps": {env: f"shop-{env}" for env in ENVIRONMENTS},
+        }
+
+    return {
+        "api": svc("api", ["common"]),
+        "web": svc("web"),
+        "worker": svc("worker", ["common"]),
+        "billing": svc("billing"),
+        "common": {"kind": "library", "paths": ["libs/common/**"]},
+    }
+
+
+def sandbox_config(
+    *,
+    urls: dict[str, str],
+    credentials: dict[str, dict[str, str]],
+    app_repo: str,
+    gitops_repo: str,
+    temporal_address: str,
+    ui_url: str | None,
+    workdir: str,
+    poll_seconds: float = 0.2,
+    attempts: int = 5,
+    replication_policy_id: int = 1,
+) -> dict[str, Any]:
+    """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference."""
+
+    def endpoint(name: str, **extra: Any) -> dict[str, Any]:
+        return {"url": urls[name], "credential": credentials[name], **extra}
+
+    return {
+        "temporal": {"address": temporal_address, "namespace": "default", "ui_url": ui_url},
+        "sites": {
+            "onprem": {
+                "harbor": endpoint(
+                    "harbor-onprem", username="robot$ferry", replication_policies={"cloud": replication_policy_id}
+                ),
+                "argocd": endpoint("argocd-onprem"),
+                "sonarqube": endpoint("sonarqube"),
+                "tekton": endpoint("tekton"),
+                "buildkite": endpoint("buildkite", organization="acme", e2e_pipeline="e2e"),
+            },
+            "cloud": {
+                "harbor": endpoint("harbor-cloud", username="robot$ferry"),
+                "argocd": endpoint("argocd-cloud"),
+            },
+        },
+        "repos": {"app": {"url": app_repo, "name": "shop"}, "gitops": {"url": gitops_repo}},
+        "services": example_services(),
+        "environments": {
+            "testbed": {"site": "onprem", "path": "testbed", "e2e": True},
+            "staging": {"site": "cloud", "path": "staging", "gate": "staging"},
+            "production": {"site": "cloud", "path": "production", "gate": "production"},
+        },
+        "groups": {"qa": ["quinn", "quentin"], "release-managers": ["rita", "raj"]},
+        "gates": {"staging": {"groups": ["qa"]}, "production": {"groups": ["release-managers"]}},
+        "timeouts": {
+            "activity_attempts": attempts,
+            "retry_initial_seconds": 0.2,
+            "retry_max_seconds": 2.0,
+            "heartbeat_seconds": 20,
+            "poll_seconds": poll_seconds,
+        },
+        "workdir": workdir,
+    }

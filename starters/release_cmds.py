@@ -1,0 +1,297 @@
+"""`ferry release start`, `status`, `approve`, `reject`, `list` and `retry`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import uuid
+from datetime import timedelta
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from common.config import FerryConfig
+from common.plan import build_plan
+from starters.common import (
+    FAILED,
+    OK,
+    SHA,
+    CommandError,
+    client_for,
+    existing_handle,
+    print_json,
+    release_id_for,
+    workflow_id_for,
+)
+from starters.render import render_status
+from workflows import search
+from workflows.release import ReleaseWorkflow, release_workflow_id
+from workflows.types import Decision, ReleaseInput, ReleaseStatus
+
+FINAL_OK = ("succeeded", "nothing_to_release")
+
+
+def ui_link(cfg: FerryConfig, workflow_id: str) -> str:
+    """Link to the workflow in the Temporal UI, when the UI URL is known."""
+    if not cfg.temporal.ui_url:
+        return ""
+    from urllib.parse import quote
+
+    return f"{cfg.temporal.ui_url}/namespaces/{cfg.temporal.namespace}/workflows/{quote(workflow_id, safe='')}"
+
+
+def release_input_from_args(cfg: FerryConfig, args: argparse.Namespace) -> ReleaseInput:
+    """Validate what `release start` was given (or read from Buildkite) into a ReleaseInput."""
+    if args.from_buildkite:
+        env = os.environ
+        commit = env.get("BUILDKITE_COMMIT", "")
+        branch = env.get("BUILDKITE_BRANCH", "")
+        message = env.get("BUILDKITE_MESSAGE", "")
+        build_url = env.get("BUILDKITE_BUILD_URL", "")
+        author = env.get("BUILDKITE_BUILD_AUTHOR_EMAIL") or env.get("BUILDKITE_BUILD_AUTHOR", "")
+        if not commit:
+            raise CommandError("--from-buildkite: BUILDKITE_COMMIT is not set; run this inside a Buildkite step")
+    else:
+        commit, branch = args.commit or "", args.branch or ""
+        message, build_url, author = args.message or "", "", os.environ.get("USER", "")
+        if not commit or not branch:
+            raise CommandError("release start needs --commit SHA and --branch NAME (or --from-buildkite)")
+    if args.repo and args.repo not in (cfg.repos.app.short_name, cfg.repos.app.url):
+        raise CommandError(
+            f"--repo '{args.repo}' is not configured; ferry.yaml repos.app is '{cfg.repos.app.short_name}'"
+        )
+    commit = commit.strip().lower()
+    if not SHA.match(commit):
+        raise CommandError(f"commit '{commit}' is not a full 40-character hexadecimal SHA")
+    if not branch.strip() or any(c in branch for c in " ~^:?*[\\") or ".." in branch:
+        raise CommandError(f"branch '{branch}' is not a valid git branch name")
+    if args.base and not SHA.match(args.base.lower()):
+        raise CommandError(f"--base '{args.base}' is not a full 40-character hexadecimal SHA")
+    services = list(args.service or [])
+    unknown = [s for s in services if s not in cfg.services]
+    if unknown:
+        raise CommandError(
+            f"unknown service(s) {', '.join(unknown)}; ferry.yaml defines {', '.join(sorted(cfg.services))}"
+        )
+    libraries = [s for s in services if cfg.services[s].kind == "library"]
+    if libraries:
+        raise CommandError(f"{', '.join(libraries)} is a library, not a deployable service")
+    return ReleaseInput(
+        release_id=release_id_for(cfg, commit),
+        commit=commit,
+        branch=branch,
+        plan=build_plan(cfg),
+        base_commit=args.base.lower() if args.base else None,
+        only_services=services,
+        message=message,
+        author=author,
+        build_url=build_url,
+    )
+
+
+async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Start (or find the already running) release of a commit; with --wait follow it to the end."""
+    inp = release_input_from_args(cfg, args)
+    client = await client_for(cfg)
+    wf_id = release_workflow_id(inp.plan.app_repo, inp.commit)
+    attrs = TypedSearchAttributes([search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)])
+    started = True
+    try:
+        handle = await client.start_workflow(
+            ReleaseWorkflow.run,
+            inp,
+            id=wf_id,
+            task_queue=inp.plan.onprem_queue,
+            search_attributes=attrs,
+            # A commit released successfully is not released again; a failed one may be started anew.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        )
+    except WorkflowAlreadyStartedError:
+        started = False
+        handle = client.get_workflow_handle(wf_id)
+    link = ui_link(cfg, wf_id)
+    if args.json and not args.wait:
+        print_json({"release_id": inp.release_id, "workflow_id": wf_id, "started": started, "ui": link})
+    elif not args.json:
+        verb = "started" if started else "already exists (running or released); following it"
+        print(f"release {inp.release_id} {verb}\n  workflow {wf_id}\n  ui       {link}")
+    if not args.wait:
+        return OK
+    return await follow(handle, cfg, args.json)
+
+
+async def follow(handle: WorkflowHandle, cfg: FerryConfig, as_json: bool, poll: float = 1.0) -> int:
+    """Print each stage as the release reaches it; exit OK on success, FAILED otherwise."""
+    last = ""
+    while True:
+        desc = await handle.describe()
+        status: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+        if status.stage != last and not as_json:
+            print(f"  -> {status.stage}", flush=True)
+            if status.stage.startswith("gate:"):
+                stage = status.stage.split(":", 1)[1]
+                print(
+                    f"     waiting: ferry approve {status.release_id} --stage {stage} --as USER --comment '...'",
+                    flush=True,
+                )
+            last = status.stage
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(poll)
+    if as_json:
+        print_json(status)
+    else:
+        print(render_status(status, ui_link(cfg, handle.id)))
+    return OK if status.outcome in FINAL_OK else FAILED
+
+
+async def status(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Print a release's status (human or --json)."""
+    wf_id = workflow_id_for(cfg, args.release)
+    client = await client_for(cfg)
+    handle = await existing_handle(client, wf_id)
+    result: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+    if args.json:
+        print_json(result)
+    else:
+        print(render_status(result, ui_link(cfg, wf_id)))
+    return OK
+
+
+async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
+    """Approve or reject a gate through the validated Update; a refusal exits FAILED with the reason."""
+    wf_id = workflow_id_for(cfg, args.release)
+    user = args.as_user or os.environ.get("FERRY_USER") or os.environ.get("USER", "")
+    if not user:
+        raise CommandError("who is deciding? pass --as USER (or set FERRY_USER)")
+    client = await client_for(cfg)
+    handle = await existing_handle(client, wf_id)
+    decision = Decision(stage=args.stage, user=user, comment=args.comment or "", approve=approve, channel="cli")
+    try:
+        gate = await handle.execute_update(ReleaseWorkflow.approve if approve else ReleaseWorkflow.reject, decision)
+    except WorkflowUpdateFailedError as e:
+        reason = e.cause.message if hasattr(e.cause, "message") else str(e.cause)
+        raise CommandError(f"refused: {reason}", FAILED) from None
+    if args.json:
+        print_json(gate)
+    else:
+        print(f"{gate.stage}: {gate.state} by {gate.decided_by}" + (f' "{gate.comment}"' if gate.comment else ""))
+    return OK
+
+
+async def list_releases(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Recent releases, and for those waiting at a gate, who may decide it."""
+    client = await client_for(cfg)
+    rows = []
+    async for wf in client.list_workflows("WorkflowType='Release'", limit=args.limit):
+        row = {
+            "workflow_id": wf.id,
+            "status": wf.status.name if wf.status else "",
+            "started": wf.start_time.isoformat() if wf.start_time else "",
+            "stage": "",
+            "waiting_for": "",
+        }
+        stage = wf.typed_search_attributes.get(search.RELEASE_STAGE)
+        row["stage"] = stage or ""
+        if wf.status == WorkflowExecutionStatus.RUNNING and stage and stage.startswith("gate:"):
+            env = stage.split(":", 1)[1]
+            gate = cfg.environments[env].gate if env in cfg.environments else None
+            if gate and gate in cfg.gates:
+                members = sorted({m for g in cfg.gates[gate].groups for m in cfg.groups.get(g, [])})
+                row["waiting_for"] = f"{'/'.join(cfg.gates[gate].groups)} ({', '.join(members)})"
+        rows.append(row)
+    if args.json:
+        print_json(rows)
+        return OK
+    if not rows:
+        print("no releases yet")
+        return OK
+    print(f"{'RELEASE':<34} {'STATUS':<11} {'STAGE':<20} {'STARTED':<26} WAITING FOR")
+    for r in rows:
+        print(f"{r['workflow_id']:<34} {r['status']:<11} {r['stage']:<20} {r['started'][:25]:<26} {r['waiting_for']}")
+    return OK
+
+
+FAILURE_EVENTS = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TIMED_OUT,
+}
+
+
+def reset_point(events: list) -> int:
+    """The WorkflowTaskCompleted event that scheduled the step that failed.
+
+    Resetting there keeps every completed stage (CI, earlier GitOps moves, approvals) in the new run's
+    history, and runs the failed step again: the same as picking that event for Reset in the Temporal UI.
+    """
+    by_id = {e.event_id: e for e in events}
+    for event in reversed(events):
+        if event.event_type not in FAILURE_EVENTS:
+            continue
+        if event.HasField("activity_task_failed_event_attributes"):
+            scheduled = by_id[event.activity_task_failed_event_attributes.scheduled_event_id]
+        elif event.HasField("activity_task_timed_out_event_attributes"):
+            scheduled = by_id[event.activity_task_timed_out_event_attributes.scheduled_event_id]
+        elif event.HasField("child_workflow_execution_failed_event_attributes"):
+            scheduled = by_id[event.child_workflow_execution_failed_event_attributes.initiated_event_id]
+        else:
+            scheduled = by_id[event.child_workflow_execution_timed_out_event_attributes.initiated_event_id]
+        attrs = (
+            scheduled.activity_task_scheduled_event_attributes
+            if scheduled.HasField("activity_task_scheduled_event_attributes")
+            else scheduled.start_child_workflow_execution_initiated_event_attributes
+        )
+        return attrs.workflow_task_completed_event_id
+    raise CommandError("the release has no failed step to retry from; see `ferry status`")
+
+
+async def retry(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Reset a failed release to just before its failed step; completed stages are not run again."""
+    wf_id = workflow_id_for(cfg, args.release)
+    client = await client_for(cfg)
+    handle = await existing_handle(client, wf_id)
+    desc = await handle.describe()
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        raise CommandError(f"{wf_id} is still running; nothing to retry (ferry status {args.release})", FAILED)
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        raise CommandError(f"{wf_id} completed; nothing to retry", FAILED)
+    history = await handle.fetch_history()
+    event_id = reset_point(list(history.events))
+    response = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=wf_id, run_id=desc.run_id),
+            reason=f"ferry retry by {os.environ.get('USER', 'unknown')}",
+            workflow_task_finish_event_id=event_id,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    if args.json:
+        print_json({"workflow_id": wf_id, "run_id": response.run_id, "reset_to_event": event_id})
+    else:
+        print(f"{wf_id}: reset to event {event_id}; new run {response.run_id}")
+    if args.wait:
+        return await follow(client.get_workflow_handle(wf_id, run_id=response.run_id), cfg, args.json)
+    return OK
+
+
+async def wait_for_stage(client: Client, wf_id: str, stage: str, timeout: float = 120.0) -> ReleaseStatus:
+    """Poll until the release reaches `stage` (used by the demo); CommandError on timeout or failure."""
+    handle = client.get_workflow_handle(wf_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+        if status.stage == stage:
+            return status
+        if status.outcome not in ("running",):
+            raise CommandError(f"release ended as {status.outcome} before {stage}: {status.error}", FAILED)
+        if asyncio.get_running_loop().time() > deadline:
+            raise CommandError(f"release did not reach {stage} within {timedelta(seconds=timeout)}", FAILED)
+        await asyncio.sleep(0.5)

@@ -1,0 +1,53 @@
+"""Human-readable rendering of a release's status for the terminal."""
+
+from __future__ import annotations
+
+from workflows.types import ReleaseStatus
+
+
+def short(digest: str) -> str:
+    """sha256:abcdef123456… for tables."""
+    return digest[:19] + "…" if len(digest) > 20 else digest
+
+
+def render_status(s: ReleaseStatus, ui_link: str = "") -> str:
+    """A compact, complete view: outcome, stage, services and digests, environments, gates, audit."""
+    lines = [
+        f"release   {s.release_id}  ({s.commit[:12]} on {s.branch})",
+        f"outcome   {s.outcome}",
+        f"stage     {s.stage}",
+    ]
+    if s.error:
+        lines.append(f"error     {s.error}")
+    if s.e2e_url:
+        lines.append(f"e2e build {s.e2e_url}")
+    if s.ci is not None and s.ci.nothing_to_release:
+        lines.append("services  none: nothing to release")
+    elif s.services:
+        lines.append("services")
+        for name in s.services:
+            reason = s.ci.reasons.get(name, "") if s.ci else ""
+            lines.append(f"  {name:<12} {s.digests.get(name, '(not built)'):<75} {reason}")
+    lines.append("environments")
+    for env in s.environments:
+        apps = ", ".join(f"{a} {v}" for a, v in env.apps.items())
+        commit = f" gitops {env.gitops_commit[:12]}" if env.gitops_commit else ""
+        lines.append(f"  {env.name:<12} {env.state:<10}{commit} {apps}".rstrip())
+    if s.gates:
+        lines.append("gates")
+        for g in s.gates:
+            who = f" by {g.decided_by}" if g.decided_by else ""
+            comment = f' "{g.comment}"' if g.comment else ""
+            lines.append(f"  {g.stage:<12} {g.state}{who}{comment}")
+    refusals = [a for a in s.audit if a.action == "refused"]
+    if refusals:
+        lines.append("refused decisions")
+        for a in refusals:
+            lines.append(f"  {a.at} {a.user} at {a.stage} via {a.channel}: {a.reason}")
+    if s.timings:
+        lines.append("timings")
+        for stage, t in s.timings.items():
+            lines.append(f"  {stage:<20} {t.get('started', '')} -> {t.get('ended', '…')}")
+    if ui_link:
+        lines.append(f"ui        {ui_link}")
+    return "\n".join(lines)

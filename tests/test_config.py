@@ -1,0 +1,112 @@
+"""ferry.yaml validation: the example is complete and valid; every error names file, key and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from common.config import ConfigError, CredentialRef, FerryConfig, load_config, parse_config
+from common.plan import build_plan
+from sample import sample_config
+
+EXAMPLE = Path(__file__).parent.parent / "infra" / "ferry.example.yaml"
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.environments["staging"].gate == "staging"
+    text = EXAMPLE.read_text()
+
+    def keys(model: type[BaseModel]) -> set[str]:
+        found = set(model.model_fields)
+        for field in model.model_fields.values():
+            for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                for inner in (arg, *getattr(arg, "__args__", ())):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        found |= keys(inner)
+        return found
+
+    from common.config import BuildkiteEndpoint, HarborEndpoint, TektonEndpoint
+
+    every = keys(FerryConfig) | keys(HarborEndpoint) | keys(TektonEndpoint) | keys(BuildkiteEndpoint)
+    undocumented = sorted(k for k in every if f"{k}:" not in text)
+    assert undocumented == []
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "ferry.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "sites:\n  onprem: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "line" in str(err.value)
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
+    data = sample_config()
+    data["sites"]["onprem"]["harbor"]["pasword"] = "x"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert "sites.onprem.harbor.pasword: unknown key" in str(err.value)
+
+
+def test_inline_secret_is_refused(tmp_path: Path) -> None:
+    data = sample_config()
+    data["sites"]["cloud"]["argocd"]["credential"] = "s3cr3t-token"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert "sites.cloud.argocd.credential" in str(err.value)
+    assert "s3cr3t-token" not in str(err.value)
+
+
+def test_unknown_dependency_group_and_cycle_are_reported_together() -> None:
+    data = sample_config()
+    data["services"]["web"]["depends_on"] = ["nope"]
+    data["gates"]["staging"]["groups"] = ["qa", "ghosts"]
+    data["services"]["common"]["depends_on"] = ["api"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "ferry.yaml")
+    message = str(err.value)
+    assert "services.web.depends_on: unknown service 'nope'" in message
+    assert "gates.staging.groups: unknown group 'ghosts'" in message
+    assert "depends_on cycle" in message
+
+
+def test_service_without_image_and_missing_app_are_named() -> None:
+    data = sample_config()
+    del data["services"]["api"]["image"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "services.api" in str(err.value) and "image" in str(err.value)
+    data = sample_config()
+    del data["services"]["web"]["argocd_apps"]["production"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "services.web.argocd_apps: no application for environment 'production'" in str(err.value)
+
+
+def test_credential_read_never_shows_the_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FERRY_X_TOKEN", "very-secret")
+    assert CredentialRef(env="FERRY_X_TOKEN").read() == "very-secret"
+    monkeypatch.delenv("FERRY_X_TOKEN")
+    with pytest.raises(ConfigError) as err:
+        CredentialRef(env="FERRY_X_TOKEN").read()
+    assert "env:FERRY_X_TOKEN is not set" in str(err.value)
+    secret = tmp_path / "token"
+    secret.write_text("file-secret\n")
+    assert CredentialRef(file=str(secret)).read() == "file-secret"
+
+
+def test_plan_carries_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FERRY_TEST_TOKEN_HARBOR_ONPREM", "plan-must-not-hold-this")
+    plan = build_plan(parse_config(sample_config()))
+    assert "plan-must-not-hold-this" not in repr(plan)
+    assert [e.name for e in plan.environments] == ["testbed", "staging", "production"]
+    assert plan.gates[0].members == {"qa": ["quinn", "quentin"]}
