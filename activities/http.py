@@ -6,6 +6,7 @@ is made (so a rotated token is picked up), never stored in a payload or logged.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,12 @@ import httpx
 
 from activities.errors import classify_response, classify_transport
 from common.config import Endpoint
+
+# Reads are retried a few times in place: a poll loop of many GETs must not lose its activity attempt to one
+# transient 5xx. Writes are left to Temporal's retry policy, which re-runs the (idempotent) activity.
+READ_RETRIES = 3
+READ_BACKOFF_SECONDS = 0.2
+MAX_RETRY_AFTER_SECONDS = 5.0
 
 
 class ApiClient:
@@ -65,14 +72,21 @@ class ApiClient:
         "already exists"); by default any 2xx is ok.
         """
         headers = {**self._headers(), **kwargs.pop("headers", {})}
-        try:
-            response = await self._client.request(method, path, headers=headers, **kwargs)
-        except httpx.TransportError as e:
-            raise classify_transport(self.system, e, what) from None
-        accepted = ok(response) if ok is not None else response.is_success
-        if not accepted:
-            raise classify_response(self.system, response, what)
-        return response
+        tries = READ_RETRIES if method.upper() == "GET" else 1
+        for attempt in range(1, tries + 1):
+            try:
+                response = await self._client.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as e:
+                error = classify_transport(self.system, e, what)
+            else:
+                if ok(response) if ok is not None else response.is_success:
+                    return response
+                error = classify_response(self.system, response, what)
+            if error.non_retryable or attempt == tries:
+                raise error
+            delay = error.next_retry_delay.total_seconds() if error.next_retry_delay else 0.0
+            await asyncio.sleep(min(MAX_RETRY_AFTER_SECONDS, max(delay, READ_BACKOFF_SECONDS * 2 ** (attempt - 1))))
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         """Close the connection pool (worker shutdown)."""
