@@ -1,0 +1,278 @@
+"""GitOps moves: pin an environment's images to exact digests with one commit in the GitOps repo.
+
+Deploying is a commit: Argo CD syncs the environment's folder at that commit. Ferry touches only the
+`images:` list of `<path>/kustomization.yaml` (the rest of the file, comments included, stays as people
+wrote it), writes trailers that tell later releases what is deployed (`Ferry-Commit:` is the base of the
+next change analysis), and pushes with a bounded rebase-and-retry when someone else pushed meanwhile.
+Running a move twice makes one commit: the second run finds the pins in place and returns that commit.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import git
+import yaml
+from temporalio import activity
+
+from activities.errors import BAD_REQUEST, BROKEN_KUSTOMIZATION, NOT_FOUND, fatal, retryable
+from activities.gitrepo import GIT_ENV, GitWorkspace, check_branch, classify_git_error, fetch, redact
+from workflows.types import GitOpsMoveInput, GitOpsMoveResult, ImagePin
+
+log = logging.getLogger(__name__)
+
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+# OCI image-spec descriptor grammar (not in ../shared/specs; quoted from the image-spec's descriptor.md):
+# algorithm ":" encoded, algorithm = [a-z0-9]+ ([+._-] [a-z0-9]+)*, encoded = [a-zA-Z0-9=_-]+
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_REJECTED_HINTS = ("[rejected]", "non-fast-forward", "fetch first", "stale info", "cannot lock ref", "failed to lock")
+
+
+class _PushRejected(Exception):
+    """The remote branch moved since our fetch: fetch, re-apply, try again."""
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    """Indents list items under their key (`images:\\n  - name: api`), as kustomize docs and people do."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def dump_yaml(data: Any) -> str:
+    """Stable YAML: keys in their order, block style, indented lists, no line wrapping."""
+    return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, width=4096)
+
+
+# --- the edit (pure, so it is tested without git) ---
+
+
+def _broken(where: str, problem: str) -> Exception:
+    return fatal(
+        f"{where}: {problem}; fix the file in the GitOps repo (nothing was committed), then retry the release",
+        BROKEN_KUSTOMIZATION,
+    )
+
+
+def _pinned(entry: dict[str, Any] | None, pin: ImagePin) -> dict[str, Any]:
+    # name, newName, digest first (stable); any other key the entry had stays; newTag goes, a digest wins.
+    rest = {k: v for k, v in (entry or {}).items() if k not in ("name", "newName", "newTag", "digest")}
+    return {"name": pin.name, "newName": pin.new_name, "digest": pin.digest, **rest}
+
+
+def _images_block(lines: list[str]) -> tuple[int, int] | None:
+    """[start, end) of the top-level `images:` key and everything that belongs to it, or None."""
+    start = next((i for i, line in enumerate(lines) if re.match(r"^images\s*:(\s|$)", line)), None)
+    if start is None:
+        return None
+    end = start + 1
+    for j in range(start + 1, len(lines)):
+        line = lines[j]
+        if not line.strip() or line.startswith("#"):
+            continue  # part of the block only if more of the block follows
+        if line[0] in " \t-":
+            end = j + 1
+            continue
+        break
+    return start, end
+
+
+def _replace_images(text: str, images: list[dict[str, Any]]) -> str:
+    block = dump_yaml({"images": images})
+    lines = text.splitlines(keepends=True)
+    span = _images_block(lines)
+    if span is None:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        return f"{text}{sep}{block}"
+    start, end = span
+    return "".join(lines[:start]) + block + "".join(lines[end:])
+
+
+def pin_images(text: str, pins: list[ImagePin], where: str) -> str | None:
+    """The kustomization `text` with `pins` applied to `images:`, or None when they are already there.
+
+    Raises BROKEN_KUSTOMIZATION when the file is not a kustomization Ferry can safely edit. Only `images:`
+    is rewritten; when the rest of the file cannot be kept byte for byte (exotic YAML), the whole file is
+    re-dumped, which keeps every key and its order but drops comments.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise _broken(where, f"not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise _broken(where, "must be a YAML mapping (apiVersion, kind, resources, images...)")
+    if not isinstance(data.get("resources"), list):
+        raise _broken(where, "has no 'resources' list, so it does not deploy anything")
+    images = data.get("images")
+    if images is None:
+        images = []
+    if not isinstance(images, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in images):
+        raise _broken(where, "'images' must be a list of mappings, each with a 'name'")
+
+    updated = copy.deepcopy(images)
+    for pin in pins:
+        index = next((k for k, entry in enumerate(updated) if entry["name"] == pin.name), None)
+        if index is None:
+            updated.append(_pinned(None, pin))
+        else:
+            updated[index] = _pinned(updated[index], pin)
+    if updated == images:
+        return None
+
+    wanted = {**data, "images": updated}
+    surgical = _replace_images(text, updated)
+    try:
+        if yaml.safe_load(surgical) == wanted:
+            return surgical
+    except yaml.YAMLError:
+        pass
+    log.warning("%s: could not edit images: in place; rewriting the whole file", where)
+    return dump_yaml(wanted)
+
+
+def commit_message(inp: GitOpsMoveInput) -> str:
+    """Subject, one line per image, and the trailers later releases and auditors read."""
+
+    def one_line(value: str) -> str:
+        return " ".join(value.split())  # a newline in a value must not forge a trailer
+
+    images = "\n".join(f"{p.name}: {p.new_name}@{p.digest}" for p in sorted(inp.images, key=lambda p: p.name))
+    return (
+        f"{one_line(inp.environment)}: release {one_line(inp.release_id)}\n\n"
+        f"{images or '(no images)'}\n\n"
+        f"Ferry-Release: {one_line(inp.release_id)}\n"
+        f"Ferry-Commit: {one_line(inp.app_commit)}\n"
+        f"Ferry-Environment: {one_line(inp.environment)}\n"
+    )
+
+
+def _validate(inp: GitOpsMoveInput) -> None:
+    check_branch(inp.branch)
+    parts = Path(inp.path).parts
+    if not inp.path.strip("/") or Path(inp.path).is_absolute() or ".." in parts:
+        raise fatal(f"environment {inp.environment}: path {inp.path!r} must be a folder inside the repo", BAD_REQUEST)
+    seen: dict[str, str] = {}
+    for pin in inp.images:
+        if not pin.name or not pin.new_name:
+            raise fatal(f"environment {inp.environment}: an image pin has an empty name or newName", BAD_REQUEST)
+        if not _DIGEST.match(pin.digest):
+            raise fatal(f"image {pin.name}: {pin.digest!r} is not a digest (sha256:<hex>)", BAD_REQUEST)
+        if seen.setdefault(pin.name, pin.digest) != pin.digest:
+            raise fatal(f"image {pin.name} is pinned twice to different digests in one move", BAD_REQUEST)
+
+
+# --- the activity ---
+
+
+class GitOpsActivities:
+    """Edits of the GitOps repo, through the worker's clone cache."""
+
+    def __init__(
+        self,
+        workspace: GitWorkspace,
+        author_name: str = "Ferry",
+        author_email: str = "ferry@localhost",
+        *,
+        max_push_attempts: int = 5,
+    ) -> None:
+        self.workspace = workspace
+        self.author_name = author_name
+        self.author_email = author_email
+        self.max_push_attempts = max_push_attempts
+
+    @activity.defn(name="gitops.move")
+    async def move(self, inp: GitOpsMoveInput) -> GitOpsMoveResult:
+        """Pin `inp.images` in `<path>/kustomization.yaml` with one pushed commit; a no-op when already pinned.
+
+        Returns the commit whose tree holds the pins: the one pushed now, or the branch head when nothing
+        had to change (a retry after a push whose answer was lost lands here too).
+        """
+        _validate(inp)
+        return await self.workspace.run(
+            inp.repo_url, lambda repo: self._move(repo, inp), what=f"move {inp.environment}"
+        )
+
+    def _move(self, repo: git.Repo, inp: GitOpsMoveInput) -> GitOpsMoveResult:
+        for attempt in range(1, self.max_push_attempts + 1):
+            if attempt > 1:
+                fetch(repo, inp.repo_url, self.workspace.timeout)
+            head = self._reset(repo, inp)
+            file = self._kustomization(repo, inp)
+            where = f"{redact(inp.repo_url)}@{head[:12]}:{file.relative_to(repo.working_tree_dir).as_posix()}"
+            try:
+                text = file.read_text()
+            except (FileNotFoundError, IsADirectoryError):
+                raise _broken(where, "not found; create the environment folder with a kustomization") from None
+            new_text = pin_images(text, inp.images, where)
+            if new_text is None:
+                return GitOpsMoveResult(commit=head, changed=False)
+            file.write_text(new_text)
+            sha = self._commit(repo, file, commit_message(inp))
+            try:
+                self._push(repo, inp.branch)
+            except _PushRejected:
+                log.info("gitops: %s moved under us (attempt %d); re-applying on the new head", inp.branch, attempt)
+                continue
+            return GitOpsMoveResult(commit=sha, changed=True)
+        raise retryable(
+            f"gitops: {inp.environment}: branch {inp.branch} of {redact(inp.repo_url)} kept moving during "
+            f"{self.max_push_attempts} push attempts; Temporal retries the move"
+        )
+
+    def _reset(self, repo: git.Repo, inp: GitOpsMoveInput) -> str:
+        """A clean worktree at origin/<branch>, whatever a crashed earlier attempt left; returns its SHA."""
+        remote = f"origin/{inp.branch}"
+        try:
+            head = repo.git.rev_parse("--verify", "--quiet", f"{remote}^{{commit}}").strip()
+        except git.GitCommandError:
+            raise fatal(
+                f"gitops: branch {inp.branch} does not exist in {redact(inp.repo_url)}; check repos.gitops.branch",
+                NOT_FOUND,
+            ) from None
+        (Path(repo.git_dir) / "index.lock").unlink(missing_ok=True)  # we hold the lock: any lock is stale
+        repo.git.reset("-q", "--hard")
+        repo.git.clean("-q", "-ffdx")
+        repo.git.checkout("-q", "--force", "-B", inp.branch, head)
+        return head
+
+    def _kustomization(self, repo: git.Repo, inp: GitOpsMoveInput) -> Path:
+        root = Path(repo.working_tree_dir or ".")
+        folder = root / inp.path.strip("/")
+        for name in KUSTOMIZATION_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+        return folder / KUSTOMIZATION_NAMES[0]
+
+    def _commit(self, repo: git.Repo, file: Path, message: str) -> str:
+        identity = {
+            "GIT_AUTHOR_NAME": self.author_name,
+            "GIT_AUTHOR_EMAIL": self.author_email,
+            "GIT_COMMITTER_NAME": self.author_name,
+            "GIT_COMMITTER_EMAIL": self.author_email,
+        }
+        repo.git.add("--", str(file))
+        # No hooks and no signing from the worker's own git config: the commit must not depend on them.
+        repo.git(c="commit.gpgsign=false").commit("-q", "--no-verify", "-m", message, env={**GIT_ENV, **identity})
+        return repo.head.commit.hexsha
+
+    def _push(self, repo: git.Repo, branch: str) -> None:
+        """Push HEAD to the branch; a single ref update, so the remote never sees half a move."""
+        try:
+            repo.git.push(
+                "--porcelain",
+                "origin",
+                f"HEAD:refs/heads/{branch}",
+                env=GIT_ENV,
+                kill_after_timeout=self.workspace.timeout,
+            )
+        except git.GitCommandError as e:
+            output = f"{e.stdout or ''} {e.stderr or ''}".lower()
+            if any(h in output for h in _REJECTED_HINTS):
+                raise _PushRejected() from None
+            raise classify_git_error(e, str(repo.remotes.origin.url), f"push {branch}") from None
