@@ -50,6 +50,8 @@ def sandbox_config(
     workdir: str,
     poll_seconds: float = 0.2,
     attempts: int = 5,
+    heartbeat_seconds: float = 20,
+    start_to_close_seconds: float = 600,
     replication_policy_id: int = 1,
 ) -> dict[str, Any]:
     """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference."""
@@ -87,7 +89,8 @@ def sandbox_config(
             "activity_attempts": attempts,
             "retry_initial_seconds": 0.2,
             "retry_max_seconds": 2.0,
-            "heartbeat_seconds": 20,
+            "heartbeat_seconds": heartbeat_seconds,
+            "activity_start_to_close_seconds": start_to_close_seconds,
             "poll_seconds": poll_seconds,
         },
         "workdir": workdir,

@@ -89,6 +89,8 @@ class Sandbox:
     speed: float = 1.0
     poll_seconds: float = 0.2
     attempts: int = 5
+    heartbeat_seconds: float = 20
+    start_to_close_seconds: float = 600
 
     @property
     def state_file(self) -> Path:
@@ -153,7 +155,9 @@ class Sandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         if not self.scenario_path.exists():
-            self.scenario_path.write_text("# faults and failures the stand-ins inject; see sandbox/README.md\n{}\n")
+            self.scenario_path.write_text(
+                "# faults and failures the stand-ins inject: see README.md or `python -m sandbox.standins --help`\n{}\n"
+            )
         tokens = self._tokens()
         state: dict = {"ports": ports, "pids": {}}
         self._save(state)
@@ -195,6 +199,8 @@ class Sandbox:
             workdir=str(self.root / "work"),
             poll_seconds=self.poll_seconds,
             attempts=self.attempts,
+            heartbeat_seconds=self.heartbeat_seconds,
+            start_to_close_seconds=self.start_to_close_seconds,
             replication_policy_id=policy_id,
         )
         header = "# Written by `ferry sandbox up`; credentials are file references under secrets/.\n"
@@ -239,7 +245,11 @@ class Sandbox:
         def client(name: str) -> httpx.Client:
             auth = ("robot$ferry", tokens[name]) if name.startswith("harbor") else None
             headers = {} if auth else {"Authorization": f"Bearer {tokens[name]}"}
-            return httpx.Client(base_url=f"http://127.0.0.1:{ports[name]}", auth=auth, headers=headers, timeout=10)
+            # A scenario left with faults must not make `up` fail: retry 5xx like any client would.
+            transport = httpx.HTTPTransport(retries=3)
+            return _RetryingClient(
+                base_url=f"http://127.0.0.1:{ports[name]}", auth=auth, headers=headers, timeout=10, transport=transport
+            )
 
         for name in ("harbor-onprem", "harbor-cloud"):
             with client(name) as c:
@@ -324,6 +334,18 @@ class Sandbox:
         if purge and self.root.exists():
             shutil.rmtree(self.root)
             progress(f"removed {self.root}")
+
+
+class _RetryingClient(httpx.Client):
+    """httpx.Client that repeats a request answered with a 5xx (the seed requests are idempotent)."""
+
+    def send(self, request: httpx.Request, **kwargs: object) -> httpx.Response:  # type: ignore[override]
+        for _ in range(20):
+            response = super().send(request, **kwargs)  # type: ignore[arg-type]
+            if response.status_code < 500:
+                return response
+            time.sleep(0.1)
+        return response
 
 
 def _stop(pid: int, sig: int) -> None:

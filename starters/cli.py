@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,5 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def entry() -> None:
+    """Console-script entry: exit without interpreter finalization.
+
+    The Temporal SDK's Rust runtime keeps native threads; letting CPython finalize while they wind down can
+    abort the process (PyGILState_Release) after the work is done, turning a success into exit -6.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

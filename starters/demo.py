@@ -20,7 +20,7 @@ from sandbox.launcher import Sandbox, default_dir
 from sandbox.repos import commit_change, read_file_at
 from starters import release_cmds
 from starters.common import FAILED, OK, CommandError, client_for
-from workflows.release import release_workflow_id
+from workflows.release import ReleaseWorkflow, release_workflow_id
 from workflows.types import ReleaseStatus
 
 SERVICE = "web"
@@ -74,11 +74,11 @@ async def run(args: argparse.Namespace) -> int:
         _say(f"\n$ {ferry} approve {release_id} --stage {stage} --as {user} --comment 'demo: looks good'")
         decide = SimpleNamespace(release=release_id, stage=stage, as_user=user, comment="demo: looks good", json=False)
         await release_cmds.decide(cfg, decide, approve=True)  # type: ignore[arg-type]
-    handle = client.get_workflow_handle(wf_id)
+    handle = client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id)
     try:
         final: ReleaseStatus = await handle.result()
     except Exception as e:  # noqa: BLE001 - reported below with the release's own status
-        status = await handle.query("status")
+        status = await handle.query(ReleaseWorkflow.status)
         raise CommandError(f"release failed: {getattr(status, 'error', e)}", FAILED) from None
 
     _say("\n=== summary ===")

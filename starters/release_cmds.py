@@ -12,7 +12,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from common.config import FerryConfig
@@ -99,7 +99,9 @@ async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
     inp = release_input_from_args(cfg, args)
     client = await client_for(cfg)
     wf_id = release_workflow_id(inp.plan.app_repo, inp.commit)
-    attrs = TypedSearchAttributes([search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)])
+    attrs = TypedSearchAttributes(
+        [SearchAttributePair(search.COMMIT_SHA, inp.commit), SearchAttributePair(search.BRANCH, inp.branch)]
+    )
     started = True
     try:
         handle = await client.start_workflow(
@@ -113,7 +115,7 @@ async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
         )
     except WorkflowAlreadyStartedError:
         started = False
-        handle = client.get_workflow_handle(wf_id)
+        handle = client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id)
     link = ui_link(cfg, wf_id)
     if args.json and not args.wait:
         print_json({"release_id": inp.release_id, "workflow_id": wf_id, "started": started, "ui": link})
@@ -278,13 +280,15 @@ async def retry(cfg: FerryConfig, args: argparse.Namespace) -> int:
     else:
         print(f"{wf_id}: reset to event {event_id}; new run {response.run_id}")
     if args.wait:
-        return await follow(client.get_workflow_handle(wf_id, run_id=response.run_id), cfg, args.json)
+        return await follow(
+            client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id, run_id=response.run_id), cfg, args.json
+        )
     return OK
 
 
 async def wait_for_stage(client: Client, wf_id: str, stage: str, timeout: float = 120.0) -> ReleaseStatus:
     """Poll until the release reaches `stage` (used by the demo); CommandError on timeout or failure."""
-    handle = client.get_workflow_handle(wf_id)
+    handle = client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status: ReleaseStatus = await handle.query(ReleaseWorkflow.status)

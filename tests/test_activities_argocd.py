@@ -1,0 +1,255 @@
+"""argocd.sync against a small stateful fake of the Argo CD Applications API (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities import errors, http
+from activities.argocd import ArgoCDActivities, ArgoCDClient
+from common.config import Endpoint, parse_config
+from workflows.types import ArgoSyncInput
+
+TOKEN = "argocd-jwt-secret-93ab"
+ENV = "FERRY_TEST_ARGOCD_TOKEN_UNIT"
+REV = "c0ffee" + "0" * 34
+OLD = "dead" + "0" * 36
+
+
+class FakeArgo:
+    """Applications whose sync operations run for a few polls, then settle as `outcome` says."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str]] = []
+        self.fail: list[int] = []
+        self.op_polls = 2
+        self.outcome: dict[str, str] = {"phase": "Succeeded", "health": "Healthy", "message": "", "why": ""}
+
+    def add(self, name: str, *, revision: str = OLD, sync: str = "Synced", health: str = "Healthy") -> None:
+        self.apps[name] = {
+            "sync": sync,
+            "revision": revision,
+            "health": health,
+            "health_message": "",
+            "operation": None,
+            "polls_left": 0,
+            "state": {},
+            "progressing": 0,
+        }
+
+    def sync_posts(self, accepted_only: bool = True) -> int:
+        return sum(1 for m, p, a in self.requests if m == "POST" and (a == "accepted" or not accepted_only))
+
+    def start_operation(self, name: str, revision: str) -> None:
+        app = self.apps[name]
+        app["operation"] = {"sync": {"revision": revision}}
+        app["polls_left"] = self.op_polls
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.requests.append((request.method, path, "denied"))
+            return httpx.Response(401, json={"error": "invalid session", "code": 16, "message": "invalid session"})
+        if self.fail:
+            self.requests.append((request.method, path, "failed"))
+            return httpx.Response(self.fail.pop(0), json={"error": "injected", "code": 14})
+        parts = path.removeprefix("/api/v1/applications/").split("/")
+        app = self.apps.get(parts[0])
+        if app is None:
+            self.requests.append((request.method, path, "missing"))
+            return httpx.Response(404, json={"error": "not found", "code": 5, "message": "not found"})
+        if request.method == "POST" and parts[1:] == ["sync"]:
+            if app["operation"] is not None:
+                self.requests.append((request.method, path, "refused"))
+                msg = "another operation is already in progress"
+                return httpx.Response(400, json={"error": msg, "code": 9, "message": msg})
+            self.requests.append((request.method, path, "accepted"))
+            self.start_operation(parts[0], json.loads(request.content)["revision"])
+            return httpx.Response(200, json=self.render(app))
+        self.requests.append((request.method, path + "?" + request.url.query.decode(), "read"))
+        self.advance(app)
+        return httpx.Response(200, json=self.render(app))
+
+    def advance(self, app: dict[str, Any]) -> None:
+        if app["progressing"]:
+            app["progressing"] -= 1
+            if not app["progressing"]:
+                app["health"] = self.outcome["health"]
+                app["health_message"] = self.outcome["why"]
+            return
+        if app["operation"] is None:
+            return
+        app["polls_left"] -= 1
+        revision = app["operation"]["sync"]["revision"]
+        if app["polls_left"] > 0:
+            app["state"] = {"phase": "Running", "operation": app["operation"]}
+            return
+        app["operation"] = None
+        app["state"] = {
+            "phase": self.outcome["phase"],
+            "message": self.outcome["message"],
+            "syncResult": {"revision": revision},
+        }
+        if self.outcome["phase"] == "Succeeded":
+            app.update(sync="Synced", revision=revision, health="Progressing", progressing=1)
+
+    @staticmethod
+    def render(app: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "metadata": {"name": "app"},
+            "status": {
+                "sync": {"status": app["sync"], "revision": app["revision"]},
+                "health": {"status": app["health"], "message": app["health_message"]},
+                "operationState": app["state"],
+                "summary": {"images": [f"harbor.test/ferry/api@sha256:{app['revision'][:8]}"]},
+            },
+        }
+        if app["operation"] is not None:
+            body["operation"] = app["operation"]
+        return body
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, TOKEN)
+    # ApiClient retries a failed GET in place; no need to wait between tries here.
+    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+
+
+def activities(fake: FakeArgo, instance: str = "cloud") -> ArgoCDActivities:
+    endpoint = Endpoint(url="http://argocd.test", credential={"env": ENV})
+    client = ArgoCDClient(endpoint, httpx.MockTransport(fake.handler), instance=instance)
+    return ArgoCDActivities({instance: client}, poll_seconds=0.001)
+
+
+def sync_input(app: str = "shop-staging", revision: str = REV) -> ArgoSyncInput:
+    return ArgoSyncInput(instance="cloud", app=app, revision=revision)
+
+
+async def test_sync_reaches_synced_and_healthy_at_the_revision() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging")
+    result = await activities(fake).sync(sync_input())
+    assert (result.sync_status, result.revision, result.health) == ("Synced", REV, "Healthy")
+    assert result.images == [f"harbor.test/ferry/api@sha256:{REV[:8]}"]
+    assert fake.sync_posts() == 1
+    first_read = next(p for m, p, _ in fake.requests if m == "GET")
+    assert "refresh=normal" in first_read
+
+
+async def test_sync_twice_syncs_once() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging")
+    acts = activities(fake)
+    first = await acts.sync(sync_input())
+    second = await acts.sync(sync_input())
+    assert first == second
+    assert fake.sync_posts(accepted_only=False) == 1
+
+
+async def test_already_synced_and_healthy_needs_no_sync() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging", revision=REV)
+    result = await activities(fake).sync(sync_input())
+    assert result.revision == REV and result.health == "Healthy"
+    assert fake.sync_posts(accepted_only=False) == 0
+
+
+async def test_operation_in_progress_waits_then_syncs_our_revision() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging", sync="OutOfSync")
+    fake.start_operation("shop-staging", OLD)  # someone else's sync is running
+    fake.apps["shop-staging"]["polls_left"] = 4
+    result = await activities(fake).sync(sync_input())
+    assert result.revision == REV and result.health == "Healthy"
+    assert fake.sync_posts() == 1
+
+
+async def test_answer_operation_in_progress_means_wait() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging", sync="OutOfSync")
+    refusals = [True]
+
+    def busy_once(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and refusals:
+            refusals.pop()
+            fake.requests.append(("POST", request.url.path, "refused"))
+            msg = "another operation is already in progress"
+            return httpx.Response(400, json={"error": msg, "code": 9, "message": msg})
+        return fake.handler(request)
+
+    client = ArgoCDClient(Endpoint(url="http://argocd.test", credential={"env": ENV}), httpx.MockTransport(busy_once))
+    result = await ArgoCDActivities({"cloud": client}, poll_seconds=0.001).sync(sync_input())
+    assert result.revision == REV
+    assert fake.sync_posts(accepted_only=False) == 2 and fake.sync_posts() == 1
+
+
+async def test_stale_failed_operation_at_our_revision_does_not_fail_a_new_sync() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging", sync="OutOfSync")
+    fake.apps["shop-staging"]["state"] = {"phase": "Failed", "message": "old", "syncResult": {"revision": REV}}
+    result = await activities(fake).sync(sync_input())
+    assert result.revision == REV and fake.sync_posts() == 1
+
+
+async def test_degraded_after_sync_is_fatal_with_app_revision_and_message() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging")
+    fake.outcome.update(health="Degraded", why="Deployment api: ProgressDeadlineExceeded")
+    with pytest.raises(ApplicationError) as info:
+        await activities(fake).sync(sync_input())
+    err = info.value
+    assert err.type == errors.APPLICATION_DEGRADED and err.non_retryable
+    assert "shop-staging" in err.message and REV in err.message
+    assert "ProgressDeadlineExceeded" in err.message
+    assert TOKEN not in err.message
+
+
+async def test_failed_operation_is_fatal_with_its_message() -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging")
+    fake.outcome.update(phase="Failed", message="one or more objects failed to apply: admission webhook denied")
+    with pytest.raises(ApplicationError) as info:
+        await activities(fake).sync(sync_input())
+    err = info.value
+    assert err.type == errors.SYNC_FAILED and err.non_retryable
+    assert "admission webhook denied" in err.message and "shop-staging" in err.message
+
+
+async def test_5xx_retryable_401_fatal_missing_app_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeArgo()
+    fake.add("shop-staging")
+    fake.fail = [503] * http.READ_RETRIES
+    with pytest.raises(ApplicationError) as info:
+        await activities(fake).sync(sync_input())
+    assert info.value.type == errors.UPSTREAM_UNAVAILABLE and not info.value.non_retryable
+    with pytest.raises(ApplicationError) as info:
+        await activities(fake).sync(sync_input(app="nope"))
+    assert info.value.type == errors.NOT_FOUND and "'nope'" in info.value.message
+    monkeypatch.setenv(ENV, "stale-token")
+    with pytest.raises(ApplicationError) as info:
+        await activities(fake).sync(sync_input())
+    assert info.value.type == errors.AUTH_FAILED and info.value.non_retryable
+    assert "stale-token" not in info.value.message and TOKEN not in info.value.message
+    assert fake.sync_posts(accepted_only=False) == 0
+
+
+async def test_instance_without_client_is_not_configured() -> None:
+    with pytest.raises(ApplicationError) as info:
+        await activities(FakeArgo(), instance="onprem").sync(sync_input())
+    assert info.value.type == errors.NOT_CONFIGURED and "'cloud'" in info.value.message
+
+
+async def test_from_config() -> None:
+    from sample import sample_config
+
+    cfg = parse_config(sample_config())
+    acts = ArgoCDActivities.from_config(cfg, "onprem")
+    assert list(acts.clients) == ["onprem"]
+    assert acts.clients["onprem"].endpoint.url == cfg.sites["onprem"].argocd.url
+    await acts.aclose()

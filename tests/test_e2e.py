@@ -1,0 +1,233 @@
+"""End to end on the real Temporal dev server: both workers as separate processes, stand-ins over real HTTP,
+real git repositories. Each test pushes its own commit to the example monorepo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from e2e import E2E, start_sandbox
+from temporalio.client import WorkflowFailureError
+
+pytestmark = pytest.mark.e2e
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
+    sandbox = await start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    try:
+        yield sandbox
+    finally:
+        await asyncio.to_thread(sandbox.box.down, False, lambda _: None)
+
+
+@pytest.fixture(autouse=True)
+def clean_scenario(e2e: E2E):
+    e2e.scenario({})
+    yield
+    e2e.scenario({})
+
+
+def start(e2e: E2E, commit: str, *extra: str) -> None:
+    run = e2e.ferry("release", "start", "--commit", commit, "--branch", "main", *extra)
+    assert run.code == 0, run.err
+
+
+async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/web/index.html": "<h1>v2</h1>\n"}, "web: new front page")
+    start(e2e, commit, "--base", base)
+    await e2e.approve_all(commit)
+    result = await e2e.handle(commit).result()
+
+    assert result.outcome == "succeeded" and result.services == ["web"]
+    digest = result.digests["web"]
+    assert digest.startswith("sha256:")
+    assert e2e.pinned("production", "web") == digest
+    app = e2e.api("argocd-cloud", "/api/v1/applications/shop-production").json()
+    assert app["status"]["health"]["status"] == "Healthy"
+    assert app["status"]["sync"]["revision"] == result.environments[-1].gitops_commit
+    assert any(digest in image for image in app["status"]["summary"]["images"])
+    # The exact digest exists on both Harbor instances.
+    for harbor in ("harbor-onprem", "harbor-cloud"):
+        assert e2e.api(harbor, f"/api/v2.0/projects/ferry/repositories/web/artifacts/{digest}").status_code == 200
+    # One GitOps commit per environment move.
+    rid = e2e.release_id(commit)
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
+    status = e2e.ferry("status", rid, "--json")
+    assert status.code == 0 and json.loads(status.out)["outcome"] == "succeeded"
+    # Record the history: `tests/histories/` keeps one for the replay test.
+    history = await e2e.handle(commit).fetch_history()
+    (e2e.box.root / "release-history.json").write_text(history.to_json())
+
+
+async def test_only_changed_services_and_dependents_are_built(e2e: E2E) -> None:
+    base = e2e.head()
+    lib = e2e.commit({"libs/common/util.py": "VERSION = 2\n"}, "common: bump")
+    start(e2e, lib, "--base", base)
+    status = await e2e.wait_stage(lib, "gate:staging")
+    assert status.services == ["api", "worker"]
+    runs = e2e.api(
+        "tekton", f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={lib[:12]}"
+    )
+    assert sorted(r["metadata"]["labels"]["ferry.dev/service"] for r in runs.json()["items"]) == ["api", "worker"]
+    assert e2e.ferry("reject", e2e.release_id(lib), "--stage", "staging", "--as", "quinn").code == 0
+
+    docs = e2e.commit({"docs/guide.md": "# Guide\nMore words.\n"}, "docs: guide")
+    start(e2e, docs, "--base", lib)
+    result = await e2e.handle(docs).result()
+    assert result.outcome == "nothing_to_release" and result.services == []
+
+
+async def test_failing_quality_gate_stops_before_testbed(e2e: E2E) -> None:
+    e2e.scenario({"quality_gate": {"api": "ERROR"}})
+    base = e2e.head()
+    commit = e2e.commit({"services/api/handler.py": "def handle():\n    return 2\n"}, "api: change")
+    start(e2e, commit, "--base", base)
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    status = await e2e.status(commit)
+    assert "api" in status.error and "quality gate" in status.error.lower()
+    assert e2e.gitops_commits(e2e.release_id(commit)) == []
+
+
+async def test_critical_cve_blocks_the_image(e2e: E2E) -> None:
+    e2e.scenario({"vulnerabilities": {"billing": {"Critical": 1, "High": 3}}})
+    base = e2e.head()
+    commit = e2e.commit({"services/billing/invoice.py": "TAX = 0.2\n"}, "billing: tax")
+    start(e2e, commit, "--base", base)
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    status = await e2e.status(commit)
+    assert "Critical" in status.error and "billing" in status.error
+    assert e2e.gitops_commits(e2e.release_id(commit)) == []
+
+
+async def test_failing_e2e_stops_before_staging_gate_with_build_url(e2e: E2E) -> None:
+    e2e.scenario({"e2e": {"result": "failed"}})
+    base = e2e.head()
+    commit = e2e.commit({"services/web/about.html": "about\n"}, "web: about")
+    start(e2e, commit, "--base", base)
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    status = await e2e.status(commit)
+    assert status.e2e_url.startswith("http") and "/builds/" in status.e2e_url
+    assert status.gates[0].state == "pending"
+    human = e2e.ferry("status", e2e.release_id(commit))
+    assert status.e2e_url in human.out
+
+
+async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/worker/jobs.py": "JOBS = []\n"}, "worker: jobs")
+    start(e2e, commit, "--base", base)
+    await e2e.wait_stage(commit, "gate:staging")
+    rid = e2e.release_id(commit)
+    refused = e2e.ferry("approve", rid, "--stage", "staging", "--as", "mallory")
+    assert refused.code == 1 and "mallory may not decide gate 'staging'" in refused.err
+    assert (await e2e.status(commit)).stage == "gate:staging"
+    rejected = e2e.ferry("reject", rid, "--stage", "staging", "--as", "quentin", "--comment", "flaky login")
+    assert rejected.code == 0
+    result = await e2e.handle(commit).result()
+    gate = result.gates[0]
+    assert (result.outcome, gate.decided_by, gate.comment) == ("rejected", "quentin", "flaky login")
+
+
+async def test_degraded_application_fails_the_release_there(e2e: E2E) -> None:
+    e2e.scenario({"health": {"shop-testbed": "Degraded"}})
+    base = e2e.head()
+    commit = e2e.commit({"services/web/style.css": "body{}\n"}, "web: style")
+    start(e2e, commit, "--base", base)
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    status = await e2e.status(commit)
+    assert status.error.startswith("deploy:testbed") and "Degraded" in status.error
+
+
+async def test_happy_path_survives_30_percent_503s(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/web/flaky.txt": "503\n"}, "web: under fire")
+    e2e.scenario({"faults": {"*": {"error_rate": 0.3, "status": 503}}})
+    start(e2e, commit, "--base", base)
+    await e2e.approve_all(commit)
+    result = await e2e.handle(commit).result()
+    assert result.outcome == "succeeded"
+    rid = e2e.release_id(commit)
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
+
+
+async def test_onprem_worker_killed_mid_ci_resumes_without_duplicates(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"libs/common/crash.py": "X = 1\n"}, "common: crash test")
+    start(e2e, commit, "--base", base)
+    path = f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={commit[:12]}"
+    for _ in range(300):
+        if e2e.api("tekton", path).json()["items"]:
+            break
+        await asyncio.sleep(0.05)
+    e2e.box.stop_worker("onprem")
+    await asyncio.sleep(1)
+    await asyncio.to_thread(e2e.box.start_worker, "onprem")
+    await e2e.approve_all(commit)
+    result = await e2e.handle(commit).result()
+    assert result.outcome == "succeeded"
+    runs = e2e.api("tekton", path).json()["items"]
+    assert sorted(r["metadata"]["name"] for r in runs) == sorted({r["metadata"]["name"] for r in runs})
+    assert len(runs) == 2
+    rid = e2e.release_id(commit)
+    assert len(e2e.gitops_commits(rid)) == 3
+
+
+async def test_retry_after_a_standin_was_down_skips_completed_stages(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/billing/retry.py": "R = 1\n"}, "billing: retry")
+    start(e2e, commit, "--base", base)
+    await e2e.wait_stage(commit, "gate:staging")
+    e2e.scenario({"faults": {"argocd-cloud": {"down": True}}})
+    rid = e2e.release_id(commit)
+    assert e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn").code == 0
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    failed = await e2e.status(commit)
+    assert failed.error.startswith("deploy:staging")
+    e2e.scenario({})
+    runs_before = e2e.api(
+        "tekton", f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={commit[:12]}"
+    ).json()
+    retried = e2e.ferry("retry", rid)
+    assert retried.code == 0, retried.err
+    await e2e.wait_stage(commit, "gate:production")
+    assert e2e.ferry("approve", rid, "--stage", "production", "--as", "rita").code == 0
+    result = await e2e.handle(commit).result()
+    assert result.outcome == "succeeded"
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
+    runs_after = e2e.api(
+        "tekton", f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={commit[:12]}"
+    ).json()
+    assert len(runs_after["items"]) == len(runs_before["items"]) == 1
+    # The staging approval was kept: the retried run did not ask for it again.
+    assert [a.user for a in result.audit if a.stage == "staging"] == ["quinn"]
+
+
+async def test_bad_input_is_refused_with_exit_2_and_changes_nothing(e2e: E2E, tmp_path: Path) -> None:
+    gitops_before = e2e.gitops_commits("")
+    head = e2e.head()
+    cases = [
+        (["release", "start", "--commit", "xyz", "--branch", "main"], "not a full 40-character"),
+        (["release", "start", "--commit", head, "--branch", "main", "--service", "nope"], "unknown service"),
+        (["status", "not-a-release"], "is not a release"),
+    ]
+    for args, expected in cases:
+        run = e2e.ferry(*args)
+        assert run.code == 2 and expected in run.err and len(run.err.strip().splitlines()) == 1, run.err
+    broken = tmp_path / "ferry.yaml"
+    broken.write_text("sites: [\n")
+    run = e2e.ferry("--config", str(broken), "list")
+    assert run.code == 2 and "not valid YAML" in run.err
+    assert e2e.gitops_commits("") == gitops_before
