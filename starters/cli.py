@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from temporalio.service import RPCError
+
 from common.config import ConfigError, load_config
-from starters.common import FAILED, OK, USAGE, CommandError
+from starters.common import FAILED, OK, UNREACHABLE, USAGE, CommandError
 
 EXIT_CODES = """exit codes:
   0  done (release succeeded, nothing to release, decision accepted)
@@ -175,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except RPCError as e:
+        print(f"ferry: Temporal refused the request: {e.message}", file=sys.stderr)
+        return UNREACHABLE
     except Exception as e:  # noqa: BLE001 - the sandbox launcher's errors are already user-facing
         from sandbox.launcher import SandboxError
 

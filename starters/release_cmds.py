@@ -14,6 +14,7 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import FerryConfig
 from common.plan import build_plan
@@ -179,6 +180,12 @@ async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> i
     except WorkflowUpdateFailedError as e:
         reason = e.cause.message if hasattr(e.cause, "message") else str(e.cause)
         raise CommandError(f"refused: {reason}", FAILED) from None
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise CommandError(
+                f"{wf_id} has ended; no gate to decide (see ferry status)", FAILED
+            ) from None
+        raise
     if args.json:
         print_json(gate)
     else:

@@ -46,7 +46,7 @@ def render_status(s: ReleaseStatus, ui_link: str = "") -> str:
             lines.append(f"  {a.at} {a.user} at {a.stage} via {a.channel}: {a.reason}")
     if s.timings:
         lines.append("timings")
-        for stage, t in s.timings.items():
+        for stage, t in sorted(s.timings.items(), key=lambda item: item[1].get("started", "")):
             lines.append(f"  {stage:<20} {t.get('started', '')} -> {t.get('ended', '…')}")
     if ui_link:
         lines.append(f"ui        {ui_link}")
