@@ -182,9 +182,7 @@ async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> i
         raise CommandError(f"refused: {reason}", FAILED) from None
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise CommandError(
-                f"{wf_id} has ended; no gate to decide (see ferry status)", FAILED
-            ) from None
+            raise CommandError(f"{wf_id} has ended; no gate to decide (see ferry status)", FAILED) from None
         raise
     if args.json:
         print_json(gate)

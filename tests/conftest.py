@@ -36,7 +36,12 @@ def temporal_cli() -> str:
 @pytest_asyncio.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     """One time-skipping test server for the session, with Ferry's search attributes registered."""
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=_binary("temporal-test-server"))
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(namespace="default", search_attributes=search_attribute_types())
+    )
     try:
         yield env
     finally:

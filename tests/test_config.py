@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel
+from sample import sample_config
 
 from common.config import ConfigError, CredentialRef, FerryConfig, load_config, parse_config
 from common.plan import build_plan
-from sample import sample_config
 
 EXAMPLE = Path(__file__).parent.parent / "infra" / "ferry.example.yaml"
 

@@ -14,6 +14,8 @@ import pytest_asyncio
 from e2e import E2E, start_sandbox
 from temporalio.client import WorkflowFailureError
 
+from sandbox.repos import commit_change, log, read_file_at
+
 pytestmark = pytest.mark.e2e
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -175,6 +177,7 @@ async def test_onprem_worker_killed_mid_ci_resumes_without_duplicates(e2e: E2E) 
         if e2e.api("tekton", path).json()["items"]:
             break
         await asyncio.sleep(0.05)
+    assert (await e2e.status(commit)).stage == "ci"
     e2e.box.stop_worker("onprem")
     await asyncio.sleep(1)
     await asyncio.to_thread(e2e.box.start_worker, "onprem")
@@ -235,3 +238,20 @@ async def test_bad_input_is_refused_with_exit_2_and_changes_nothing(e2e: E2E, tm
     run = e2e.ferry("--config", str(broken), "list")
     assert run.code == 2 and "not valid YAML" in run.err
     assert e2e.gitops_commits("") == gitops_before
+
+
+async def test_broken_kustomization_fails_the_move_and_changes_nothing(e2e: E2E) -> None:
+    good = read_file_at(e2e.gitops_repo, "main", "testbed/kustomization.yaml")
+    commit_change(e2e.gitops_repo, {"testbed/kustomization.yaml": "resources: [unclosed\n"}, "testbed: oops")
+    gitops_head = log(e2e.gitops_repo)[0][0]
+    try:
+        base = e2e.head()
+        commit = e2e.commit({"services/web/broken.txt": "x\n"}, "web: meets a broken kustomization")
+        start(e2e, commit, "--base", base)
+        with pytest.raises(WorkflowFailureError):
+            await e2e.handle(commit).result()
+        status = await e2e.status(commit)
+        assert status.error.startswith("deploy:testbed") and "testbed/kustomization.yaml" in status.error
+        assert log(e2e.gitops_repo)[0][0] == gitops_head
+    finally:
+        commit_change(e2e.gitops_repo, {"testbed/kustomization.yaml": good}, "testbed: repair")

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from fakes import Fakes
+from sample import sample_config
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from common.config import parse_config
 from common.plan import build_plan
-from fakes import Fakes
-from sample import sample_config
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow
 from workflows.types import Decision, ReleaseInput, ReleaseStatus
@@ -25,15 +25,6 @@ COMMIT = "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"
 
 @pytest.fixture(scope="module")
 async def env(time_env: WorkflowEnvironment) -> WorkflowEnvironment:
-    from conftest import search_attribute_types
-    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-
-    try:
-        await time_env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace="default", search_attributes=search_attribute_types())
-        )
-    except Exception:  # noqa: BLE001 - already registered by another module
-        pass
     return time_env
 
 
