@@ -65,6 +65,12 @@ async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> Non
     assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
     status = e2e.ferry("status", rid, "--json")
     assert status.code == 0 and json.loads(status.out)["outcome"] == "succeeded"
+    # No secret value in the history, the workers' logs or the CLI's output.
+    history = (await e2e.handle(commit).fetch_history()).to_json()
+    logs = "".join(p.read_text(errors="replace") for p in e2e.box.logs.glob("worker-*.log"))
+    for secret_file in (e2e.box.root / "secrets").iterdir():
+        secret = secret_file.read_text().strip()
+        assert secret not in history and secret not in logs and secret not in status.out
     # FERRY_RECORD_HISTORIES=tests/histories refreshes the recorded histories that test_replay replays.
     if record := os.environ.get("FERRY_RECORD_HISTORIES"):
         history = await e2e.handle(commit).fetch_history()
@@ -95,9 +101,8 @@ async def test_failing_quality_gate_stops_before_testbed(e2e: E2E) -> None:
     e2e.scenario({"quality_gate": {"api": "ERROR"}})
     base = e2e.head()
     commit = e2e.commit({"services/api/handler.py": "def handle():\n    return 2\n"}, "api: change")
-    start(e2e, commit, "--base", base)
-    with pytest.raises(WorkflowFailureError):
-        await e2e.handle(commit).result()
+    waited = e2e.ferry("release", "start", "--commit", commit, "--branch", "main", "--base", base, "--wait")
+    assert waited.code == 1 and "outcome   failed" in waited.out
     status = await e2e.status(commit)
     assert "api" in status.error and "quality gate" in status.error.lower()
     assert e2e.gitops_commits(e2e.release_id(commit)) == []
