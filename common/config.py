@@ -112,6 +112,47 @@ class Site(_Model):
     sonarqube: Endpoint | None = None
     tekton: TektonEndpoint | None = None
     buildkite: BuildkiteEndpoint | None = None
+    rancher: Endpoint | None = Field(default=None, description="Rancher API (/v3) that imports this site's clusters")
+
+
+class TerraformSettings(_Model):
+    """The Terraform (or OpenTofu) CLI the workers run."""
+
+    binary: str = Field(default="terraform", description="name on PATH or absolute path; `tofu` works too")
+    plugin_dir: str | None = Field(default=None, description="offline provider mirror passed to init -plugin-dir")
+
+
+class PlatformApp(_Model):
+    """A platform service installed on a cluster through Rancher's app catalog."""
+
+    chart: str
+    version: str
+    namespace: str
+    repo: str = Field(default="rancher-charts", description="catalog (cluster repo) that holds the chart")
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
+class Workspace(_Model):
+    """A Terraform workspace (root module) and the site whose worker runs it."""
+
+    site: Literal["onprem", "cloud"]
+    path: str = Field(description="folder of the root module, relative to where the worker runs")
+    variables: dict[str, Any] = Field(default_factory=dict, description="values for its variables (no secrets)")
+    var_files: list[str] = Field(default_factory=list)
+    cluster_outputs: str = Field(
+        default="clusters",
+        description="output holding the clusters to import: a map name -> {api_endpoint, ...}",
+    )
+    apps: dict[str, PlatformApp] = Field(default_factory=dict, description="platform services for its clusters")
+
+
+class Provisioning(_Model):
+    """Terraform workspaces of both domains, their gate, and drift detection."""
+
+    terraform: TerraformSettings = TerraformSettings()
+    workspaces: dict[str, Workspace] = Field(default_factory=dict)
+    gate: str | None = Field(default=None, description="gate for plans that destroy or replace anything")
+    drift_interval_minutes: float = Field(default=60, gt=0, description="how often the drift schedule plans")
 
 
 class TLS(_Model):
@@ -227,6 +268,7 @@ class FerryConfig(_Model):
     gates: dict[str, Gate] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     policy: Policy = Policy()
+    provisioning: Provisioning = Provisioning()
     workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
 
     @field_validator("sites")
@@ -279,6 +321,14 @@ class FerryConfig(_Model):
                     )
         if any(e.e2e for e in self.environments.values()) and (onprem is None or onprem.buildkite is None):
             problems.append("sites.onprem.buildkite: required because an environment has e2e: true")
+        prov = self.provisioning
+        if prov.gate is not None and prov.gate not in self.gates:
+            problems.append(f"provisioning.gate: unknown gate '{prov.gate}' (define it under gates)")
+        for wname, ws in prov.workspaces.items():
+            if ws.site not in self.sites:
+                problems.append(f"provisioning.workspaces.{wname}.site: site '{ws.site}' is not configured")
+            elif ws.apps and self.sites[ws.site].rancher is None:
+                problems.append(f"sites.{ws.site}.rancher: required by provisioning.workspaces.{wname}.apps")
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             problems.append(f"services: depends_on cycle {' -> '.join(cycle)}")
