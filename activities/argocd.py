@@ -17,13 +17,13 @@ from activities import waiting
 from activities.errors import (
     APPLICATION_DEGRADED,
     AUTH_FAILED,
-    NOT_CONFIGURED,
     NOT_FOUND,
     SYNC_FAILED,
     fatal,
 )
 from activities.http import ApiClient
-from common.config import Endpoint, FerryConfig
+from activities.site_clients import SiteClients
+from common.config import Endpoint
 from workflows.types import ArgoSyncInput, ArgoSyncResult
 
 SYNCED = "Synced"
@@ -134,39 +134,16 @@ class _App:
         }
 
 
-class ArgoCDActivities:
+class ArgoCDActivities(SiteClients[ArgoCDClient, Endpoint]):
     """Argo CD activities of one worker; `clients` maps an instance ('onprem'/'cloud') to its client."""
 
-    def __init__(self, clients: dict[str, ArgoCDClient], poll_seconds: float = 5.0) -> None:
-        self.clients = clients
-        self.poll_seconds = poll_seconds
+    system = "argocd"
+    label = "Argo CD"
 
     @classmethod
-    def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
-    ) -> ArgoCDActivities:
-        """The Argo CD this site's worker can reach (none if the site has no Argo CD)."""
-        clients: dict[str, ArgoCDClient] = {}
-        site_cfg = cfg.sites.get(site)
-        if site_cfg is not None and site_cfg.argocd is not None:
-            clients[site] = ArgoCDClient(site_cfg.argocd, transport, instance=site)
-        return cls(clients, poll_seconds=cfg.timeouts.poll_seconds)
-
-    async def aclose(self) -> None:
-        """Close every client (worker shutdown)."""
-        for client in self.clients.values():
-            await client.aclose()
-
-    def _client(self, instance: str) -> ArgoCDClient:
-        client = self.clients.get(instance)
-        if client is None:
-            have = ", ".join(sorted(self.clients)) or "none"
-            raise fatal(
-                f"argocd.sync: Argo CD instance '{instance}' is not configured on this worker (it has: {have}); "
-                f"run it on the '{instance}' worker's task queue, with sites.{instance}.argocd in ferry.yaml",
-                NOT_CONFIGURED,
-            )
-        return client
+    def build_client(cls, endpoint: Endpoint, transport: httpx.AsyncBaseTransport | None, site: str) -> ArgoCDClient:
+        """Named after its site, since a release reaches this system on both sites and messages must say which."""
+        return ArgoCDClient(endpoint, transport, instance=site)
 
     @activity.defn(name="argocd.sync")
     async def sync(self, inp: ArgoSyncInput) -> ArgoSyncResult:
@@ -179,7 +156,7 @@ class ArgoCDActivities:
         `revision` must be a full commit SHA (what gitops.move returns): Argo CD reports resolved SHAs in
         status.sync.revision, so a branch name or short SHA would never compare equal.
         """
-        client = self._client(inp.instance)
+        client = self._client(inp.instance, "argocd.sync")
         first = _App(await client.get_app(inp.app, refresh=True))
         requested = False
         seen = first

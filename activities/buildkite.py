@@ -16,9 +16,10 @@ import httpx
 from temporalio import activity
 
 from activities import waiting
-from activities.errors import E2E_FAILED, NOT_CONFIGURED, fatal
+from activities.errors import E2E_FAILED, fatal
 from activities.http import ApiClient
-from common.config import BuildkiteEndpoint, FerryConfig
+from activities.site_clients import SiteClients
+from common.config import BuildkiteEndpoint
 from workflows.types import E2EInput, E2EResult
 
 RELEASE_KEY = "ferry-release"
@@ -78,38 +79,12 @@ class BuildkiteClient:
         await self.api.aclose()
 
 
-class BuildkiteActivities:
+class BuildkiteActivities(SiteClients[BuildkiteClient, BuildkiteEndpoint]):
     """Buildkite activities of the on-prem worker; `clients` maps the site ('onprem') to its client."""
 
-    def __init__(self, clients: dict[str, BuildkiteClient], poll_seconds: float = 5.0) -> None:
-        self.clients = clients
-        self.poll_seconds = poll_seconds
-
-    @classmethod
-    def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
-    ) -> BuildkiteActivities:
-        """The Buildkite this site's worker can reach (none if the site has none)."""
-        clients: dict[str, BuildkiteClient] = {}
-        site_cfg = cfg.sites.get(site)
-        if site_cfg is not None and site_cfg.buildkite is not None:
-            clients[site] = BuildkiteClient(site_cfg.buildkite, transport)
-        return cls(clients, poll_seconds=cfg.timeouts.poll_seconds)
-
-    async def aclose(self) -> None:
-        """Close every client (worker shutdown)."""
-        for client in self.clients.values():
-            await client.aclose()
-
-    def _client(self) -> BuildkiteClient:
-        client = self.clients.get(SITE)
-        if client is None:
-            raise fatal(
-                f"buildkite.e2e: Buildkite is not configured on this worker; run it on the '{SITE}' worker's "
-                f"task queue, with sites.{SITE}.buildkite in ferry.yaml",
-                NOT_CONFIGURED,
-            )
-        return client
+    system = "buildkite"
+    label = "Buildkite"
+    client_type = BuildkiteClient
 
     async def _existing_build(self, client: BuildkiteClient, inp: E2EInput) -> dict[str, Any] | None:
         """The build a previous attempt made: from the heartbeat first, else found by its meta-data."""
@@ -126,7 +101,7 @@ class BuildkiteActivities:
     @activity.defn(name="buildkite.e2e")
     async def e2e(self, inp: E2EInput) -> E2EResult:
         """Run (or find) the E2E build of this release and environment and wait until it is final."""
-        client = self._client()
+        client = self._client(SITE, "buildkite.e2e")
         build = await self._existing_build(client, inp)
         if build is None:
             build = await client.create_build(

@@ -17,7 +17,6 @@ from activities import waiting
 from activities.errors import (
     ARTIFACT_MISSING,
     BAD_REQUEST,
-    NOT_CONFIGURED,
     REPLICATION_FAILED,
     UPSTREAM_UNAVAILABLE,
     VULNERABILITY_POLICY,
@@ -25,7 +24,8 @@ from activities.errors import (
     retryable,
 )
 from activities.http import ApiClient
-from common.config import FerryConfig, HarborEndpoint
+from activities.site_clients import SiteClients
+from common.config import HarborEndpoint
 from workflows.types import ArtifactRef, ReplicationInput, ReplicationResult, ScanGateInput, ScanResult
 
 API = "/api/v2.0"
@@ -190,39 +190,18 @@ def _block_rank(block_severity: str) -> int | None:
     return severity_rank(block_severity)
 
 
-class HarborActivities:
+class HarborActivities(SiteClients[HarborClient, HarborEndpoint]):
     """Harbor activities of one worker; `clients` maps a Harbor instance ('onprem'/'cloud') to its client."""
 
-    def __init__(self, clients: dict[str, HarborClient], poll_seconds: float = 5.0) -> None:
-        self.clients = clients
-        self.poll_seconds = poll_seconds
+    system = "harbor"
+    label = "Harbor"
 
     @classmethod
-    def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
-    ) -> HarborActivities:
-        """The Harbor this site's worker can reach (none if the site has no Harbor)."""
-        clients: dict[str, HarborClient] = {}
-        site_cfg = cfg.sites.get(site)
-        if site_cfg is not None and site_cfg.harbor is not None:
-            clients[site] = HarborClient(site_cfg.harbor, transport, instance=site)
-        return cls(clients, poll_seconds=cfg.timeouts.poll_seconds)
-
-    async def aclose(self) -> None:
-        """Close every client (worker shutdown)."""
-        for client in self.clients.values():
-            await client.aclose()
-
-    def _client(self, instance: str, action: str) -> HarborClient:
-        client = self.clients.get(instance)
-        if client is None:
-            have = ", ".join(sorted(self.clients)) or "none"
-            raise fatal(
-                f"{action}: Harbor instance '{instance}' is not configured on this worker (it has: {have}); "
-                f"run it on the '{instance}' worker's task queue, with sites.{instance}.harbor in ferry.yaml",
-                NOT_CONFIGURED,
-            )
-        return client
+    def build_client(
+        cls, endpoint: HarborEndpoint, transport: httpx.AsyncBaseTransport | None, site: str
+    ) -> HarborClient:
+        """Named after its site, since a release reaches this system on both sites and messages must say which."""
+        return HarborClient(endpoint, transport, instance=site)
 
     @activity.defn(name="harbor.scan_gate")
     async def scan_gate(self, inp: ScanGateInput) -> ScanResult:

@@ -13,9 +13,10 @@ import httpx
 from temporalio import activity
 
 from activities import waiting
-from activities.errors import NOT_CONFIGURED, NOT_FOUND, QUALITY_GATE_FAILED, fatal
+from activities.errors import NOT_FOUND, QUALITY_GATE_FAILED, fatal
 from activities.http import ApiClient
-from common.config import Endpoint, FerryConfig
+from activities.site_clients import SiteClients
+from common.config import Endpoint
 from workflows.types import QualityGateInput, QualityGateResult
 
 # ws-ce.proto TaskStatus.
@@ -79,43 +80,17 @@ def condition_line(condition: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-class SonarQubeActivities:
+class SonarQubeActivities(SiteClients[SonarQubeClient, Endpoint]):
     """SonarQube activities of the on-prem worker; `clients` maps the site ('onprem') to its client."""
 
-    def __init__(self, clients: dict[str, SonarQubeClient], poll_seconds: float = 5.0) -> None:
-        self.clients = clients
-        self.poll_seconds = poll_seconds
-
-    @classmethod
-    def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
-    ) -> SonarQubeActivities:
-        """The SonarQube this site's worker can reach (none if the site has none)."""
-        clients: dict[str, SonarQubeClient] = {}
-        site_cfg = cfg.sites.get(site)
-        if site_cfg is not None and site_cfg.sonarqube is not None:
-            clients[site] = SonarQubeClient(site_cfg.sonarqube, transport)
-        return cls(clients, poll_seconds=cfg.timeouts.poll_seconds)
-
-    async def aclose(self) -> None:
-        """Close every client (worker shutdown)."""
-        for client in self.clients.values():
-            await client.aclose()
-
-    def _client(self) -> SonarQubeClient:
-        client = self.clients.get(SITE)
-        if client is None:
-            raise fatal(
-                f"sonarqube.quality_gate: SonarQube is not configured on this worker; run it on the '{SITE}' "
-                f"worker's task queue, with sites.{SITE}.sonarqube in ferry.yaml",
-                NOT_CONFIGURED,
-            )
-        return client
+    system = "sonarqube"
+    label = "SonarQube"
+    client_type = SonarQubeClient
 
     @activity.defn(name="sonarqube.quality_gate")
     async def quality_gate(self, inp: QualityGateInput) -> QualityGateResult:
         """Wait for the analysis task, then fail the service on a quality gate ERROR (read-only, so idempotent)."""
-        client = self._client()
+        client = self._client(SITE, "sonarqube.quality_gate")
         last_status = ""
 
         async def processed() -> dict[str, Any] | None:

@@ -15,9 +15,10 @@ import httpx
 from temporalio import activity
 
 from activities import waiting
-from activities.errors import BAD_REQUEST, NOT_CONFIGURED, PIPELINE_RUN_FAILED, fatal
+from activities.errors import BAD_REQUEST, PIPELINE_RUN_FAILED, fatal
 from activities.http import ApiClient
-from common.config import FerryConfig, TektonEndpoint
+from activities.site_clients import SiteClients
+from common.config import TektonEndpoint
 from workflows.types import TektonRunInput, TektonRunResult
 
 # NOTES (pipelinerun_types.go): spec.status values that cancel or stop a run.
@@ -107,38 +108,12 @@ class TektonClient:
         await self.api.aclose()
 
 
-class TektonActivities:
+class TektonActivities(SiteClients[TektonClient, TektonEndpoint]):
     """Tekton activities of the on-prem worker; `clients` maps the site ('onprem') to its client."""
 
-    def __init__(self, clients: dict[str, TektonClient], poll_seconds: float = 5.0) -> None:
-        self.clients = clients
-        self.poll_seconds = poll_seconds
-
-    @classmethod
-    def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
-    ) -> TektonActivities:
-        """The Tekton cluster this site's worker can reach (none if the site has none)."""
-        clients: dict[str, TektonClient] = {}
-        site_cfg = cfg.sites.get(site)
-        if site_cfg is not None and site_cfg.tekton is not None:
-            clients[site] = TektonClient(site_cfg.tekton, transport)
-        return cls(clients, poll_seconds=cfg.timeouts.poll_seconds)
-
-    async def aclose(self) -> None:
-        """Close every client (worker shutdown)."""
-        for client in self.clients.values():
-            await client.aclose()
-
-    def _client(self, action: str) -> TektonClient:
-        client = self.clients.get(SITE)
-        if client is None:
-            raise fatal(
-                f"{action}: Tekton is not configured on this worker; run it on the '{SITE}' worker's task "
-                f"queue, with sites.{SITE}.tekton in ferry.yaml",
-                NOT_CONFIGURED,
-            )
-        return client
+    system = "tekton"
+    label = "Tekton"
+    client_type = TektonClient
 
     @activity.defn(name="tekton.run")
     async def run(self, inp: TektonRunInput) -> TektonRunResult:
@@ -146,7 +121,7 @@ class TektonActivities:
 
         Never creates a second run for the same name: a retry, a reset or a second worker finds the first.
         """
-        client = self._client("tekton.run")
+        client = self._client(SITE, "tekton.run")
         name = _run_name(inp.manifest)
         if await client.get_run(inp.namespace, name) is None:
             created = await client.create_run(inp.namespace, inp.manifest)
@@ -188,7 +163,7 @@ class TektonActivities:
     @activity.defn(name="tekton.cancel")
     async def cancel(self, inp: TektonRunInput) -> str:
         """Cancel the service's PipelineRun (e.g. a superseded commit): 'absent', 'finished' or 'cancelling'."""
-        client = self._client("tekton.cancel")
+        client = self._client(SITE, "tekton.cancel")
         name = _run_name(inp.manifest)
         run = await client.get_run(inp.namespace, name)
         if run is None:

@@ -7,10 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
+from httpfakes import credential_fixture, site_activities
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, http
-from activities.argocd import ArgoCDActivities, ArgoCDClient
+from activities.argocd import ArgoCDActivities
 from common.config import Endpoint, parse_config
 from workflows.types import ArgoSyncInput
 
@@ -114,17 +115,15 @@ class FakeArgo:
         return body
 
 
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, TOKEN)
-    # ApiClient retries a failed GET in place; no need to wait between tries here.
-    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+token = credential_fixture(ENV, TOKEN)
+
+
+def endpoint() -> Endpoint:
+    return Endpoint(url="http://argocd.test", credential={"env": ENV})
 
 
 def activities(fake: FakeArgo, instance: str = "cloud") -> ArgoCDActivities:
-    endpoint = Endpoint(url="http://argocd.test", credential={"env": ENV})
-    client = ArgoCDClient(endpoint, httpx.MockTransport(fake.handler), instance=instance)
-    return ArgoCDActivities({instance: client}, poll_seconds=0.001)
+    return site_activities(ArgoCDActivities, endpoint(), fake.handler, instance)
 
 
 def sync_input(app: str = "shop-staging", revision: str = REV) -> ArgoSyncInput:
@@ -183,8 +182,7 @@ async def test_answer_operation_in_progress_means_wait() -> None:
             return httpx.Response(400, json={"error": msg, "code": 9, "message": msg})
         return fake.handler(request)
 
-    client = ArgoCDClient(Endpoint(url="http://argocd.test", credential={"env": ENV}), httpx.MockTransport(busy_once))
-    result = await ArgoCDActivities({"cloud": client}, poll_seconds=0.001).sync(sync_input())
+    result = await site_activities(ArgoCDActivities, endpoint(), busy_once, "cloud").sync(sync_input())
     assert result.revision == REV
     assert fake.sync_posts(accepted_only=False) == 2 and fake.sync_posts() == 1
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from httpfakes import credential_fixture, failing_reads, heartbeat_recorder, site_activities
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from activities import errors, http
-from activities.buildkite import BuildkiteActivities, BuildkiteClient
+from activities.buildkite import BuildkiteActivities
 from common.config import BuildkiteEndpoint, parse_config
 from workflows.types import E2EInput
 
@@ -93,19 +93,14 @@ class FakeBuildkite:
         return {k: v for k, v in build.items() if not k.startswith("_")}
 
 
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, TOKEN)
-    # ApiClient retries a failed GET in place; no need to wait between tries here.
-    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+token = credential_fixture(ENV, TOKEN)
 
 
 def activities(fake: FakeBuildkite, handler: Any = None) -> BuildkiteActivities:
     endpoint = BuildkiteEndpoint(
         url="https://api.buildkite.test", credential={"env": ENV}, organization="acme", e2e_pipeline="e2e"
     )
-    client = BuildkiteClient(endpoint, httpx.MockTransport(handler or fake.handler))
-    return BuildkiteActivities({"onprem": client}, poll_seconds=0.001)
+    return site_activities(BuildkiteActivities, endpoint, handler or fake.handler)
 
 
 def e2e_input(release: str = "shop/0123456789ab", environment: str = "testbed") -> E2EInput:
@@ -114,9 +109,7 @@ def e2e_input(release: str = "shop/0123456789ab", environment: str = "testbed") 
 
 async def test_creates_the_build_with_release_env_and_meta_data_then_waits() -> None:
     fake = FakeBuildkite()
-    beats: list[Any] = []
-    env = ActivityEnvironment()
-    env.on_heartbeat = lambda *d: beats.append(d[0])
+    env, beats = heartbeat_recorder()
     result = await env.run(activities(fake).e2e, e2e_input())
     assert (result.number, result.state) == (1, "passed")
     assert result.web_url == "https://buildkite.test/acme/e2e/builds/1"
@@ -139,17 +132,9 @@ async def test_twice_finds_the_existing_build() -> None:
 async def test_retry_resumes_the_heartbeated_build() -> None:
     fake = FakeBuildkite()
     fake.polls = 3
-    failed: list[int] = []
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and request.url.path != BUILDS and len(failed) < http.READ_RETRIES:
-            failed.append(503)
-            return httpx.Response(503)
-        return fake.handler(request)
-
-    beats: list[Any] = []
-    env = ActivityEnvironment()
-    env.on_heartbeat = lambda *d: beats.append(d[0])
+    # Reads of the build fail (not the listing), so the attempt ends after it heartbeated the build number.
+    flaky = failing_reads(fake.handler, when=lambda r: r.url.path != BUILDS)
+    env, beats = heartbeat_recorder()
     with pytest.raises(ApplicationError) as info:
         await env.run(activities(fake, flaky).e2e, e2e_input())
     assert not info.value.non_retryable

@@ -10,11 +10,11 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from httpfakes import credential_fixture, failing_reads, heartbeat_recorder, site_activities
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from activities import errors, http
-from activities.harbor import HarborActivities, HarborClient
+from activities.harbor import HarborActivities
 from common.config import HarborEndpoint, parse_config
 from workflows.types import ArtifactRef, ReplicationInput, ScanGateInput
 
@@ -107,11 +107,7 @@ class FakeHarbor:
         return httpx.Response(405)
 
 
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, TOKEN)
-    # ApiClient retries a failed GET in place; no need to wait between tries here.
-    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+token = credential_fixture(ENV, TOKEN)
 
 
 def endpoint(url: str = "http://harbor-onprem.test") -> HarborEndpoint:
@@ -119,8 +115,7 @@ def endpoint(url: str = "http://harbor-onprem.test") -> HarborEndpoint:
 
 
 def activities(fake: FakeHarbor, instance: str = "onprem") -> HarborActivities:
-    client = HarborClient(endpoint(), httpx.MockTransport(fake.handler), instance=instance)
-    return HarborActivities({instance: client}, poll_seconds=0.001)
+    return site_activities(HarborActivities, endpoint(), fake.handler, instance)
 
 
 def ref(repo: str = "api", instance: str = "onprem") -> ArtifactRef:
@@ -258,9 +253,7 @@ async def test_unknown_instance_is_not_configured() -> None:
 
 async def test_replicate_starts_one_execution_and_waits_for_it() -> None:
     fake = FakeHarbor()
-    beats: list[Any] = []
-    env = ActivityEnvironment()
-    env.on_heartbeat = lambda *d: beats.append(d[0])
+    env, beats = heartbeat_recorder()
     result = await env.run(activities(fake).replicate, ReplicationInput("onprem", 3, "shop/abc"))
     assert result.status == "Succeed"
     assert fake.executions[result.execution_id]["policy_id"] == 3
@@ -271,22 +264,10 @@ async def test_replicate_retry_resumes_the_heartbeated_execution() -> None:
     fake = FakeHarbor()
     fake.replication_polls = 3
     acts = activities(fake)
-    beats: list[Any] = []
-    env = ActivityEnvironment()
-    env.on_heartbeat = lambda *d: beats.append(d[0])
+    env, beats = heartbeat_recorder()
     # First attempt: the execution starts, then Harbor answers 503 to every try of the first poll.
     inp = ReplicationInput("onprem", 3, "shop/abc")
-    failed: list[int] = []
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and len(failed) < http.READ_RETRIES:
-            failed.append(503)
-            return httpx.Response(503)
-        return fake.handler(request)
-
-    flaky_acts = HarborActivities(
-        {"onprem": HarborClient(endpoint(), httpx.MockTransport(flaky), instance="onprem")}, poll_seconds=0.001
-    )
+    flaky_acts = site_activities(HarborActivities, endpoint(), failing_reads(fake.handler))
     with pytest.raises(ApplicationError) as info:
         await env.run(flaky_acts.replicate, inp)
     assert not info.value.non_retryable

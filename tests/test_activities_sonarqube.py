@@ -6,10 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from httpfakes import credential_fixture, site_activities
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, http
-from activities.sonarqube import SonarQubeActivities, SonarQubeClient
+from activities.sonarqube import SonarQubeActivities
 from common.config import Endpoint, parse_config
 from workflows.types import QualityGateInput
 
@@ -75,18 +76,12 @@ class FakeSonar:
         return httpx.Response(404)
 
 
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, TOKEN)
-    # ApiClient retries a failed GET in place; no need to wait between tries here.
-    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+token = credential_fixture(ENV, TOKEN)
 
 
 def activities(fake: FakeSonar) -> SonarQubeActivities:
-    client = SonarQubeClient(
-        Endpoint(url="http://sonar.test", credential={"env": ENV}), httpx.MockTransport(fake.handler)
-    )
-    return SonarQubeActivities({"onprem": client}, poll_seconds=0.001)
+    endpoint = Endpoint(url="http://sonar.test", credential={"env": ENV})
+    return site_activities(SonarQubeActivities, endpoint, fake.handler)
 
 
 def gate_input(task: str = "AYhSC2") -> QualityGateInput:

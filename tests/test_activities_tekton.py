@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from httpfakes import credential_fixture, site_activities
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, http
-from activities.tekton import TektonActivities, TektonClient
+from activities.tekton import TektonActivities
 from common.config import TektonEndpoint, parse_config
 from workflows.types import TektonRunInput
 
@@ -97,16 +98,12 @@ class FakeKube:
         return {k: v for k, v in run.items() if not k.startswith("_")}
 
 
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, TOKEN)
-    # ApiClient retries a failed GET in place; no need to wait between tries here.
-    monkeypatch.setattr(http, "READ_BACKOFF_SECONDS", 0.0)
+token = credential_fixture(ENV, TOKEN)
 
 
 def activities(fake: FakeKube) -> TektonActivities:
     endpoint = TektonEndpoint(url="https://k8s.test:6443", credential={"env": ENV})
-    return TektonActivities({"onprem": TektonClient(endpoint, httpx.MockTransport(fake.handler))}, poll_seconds=0.001)
+    return site_activities(TektonActivities, endpoint, fake.handler)
 
 
 def run_input(name: str = "ferry-0123456789ab-api") -> TektonRunInput:
