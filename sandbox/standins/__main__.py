@@ -12,10 +12,11 @@ from pathlib import Path
 from sandbox.standins import NAMES, ScenarioError, World, build_apps, serve, tokens_from_env
 
 DESCRIPTION = """\
-Serve local stand-ins of Harbor (on-prem and cloud), Argo CD (on-prem and cloud), SonarQube, Tekton and
-Buildkite. They speak the same HTTP APIs as the real systems, share one in-memory world (a Tekton run
-pushes to harbor-onprem, replication copies to harbor-cloud, Argo CD reads the GitOps repo) and inject
-faults from a scenario file that is re-read whenever it changes.
+Serve local stand-ins of Harbor (on-prem and cloud), Argo CD (on-prem and cloud), SonarQube, Tekton,
+Buildkite, Rancher and the Kubernetes API of the clusters Rancher imports. They speak the same HTTP APIs
+as the real systems, share one in-memory world (a Tekton run pushes to harbor-onprem, replication copies to
+harbor-cloud, Argo CD reads the GitOps repo, applying Rancher's registration manifest to a cluster connects
+it) and inject faults from a scenario file that is re-read whenever it changes.
 
 Prints one line "standins ready" on stdout once every server listens; stops on SIGINT/SIGTERM.
 """
@@ -37,16 +38,24 @@ scenario file (YAML; missing file or keys = all healthy):
   health: {{shop-production: Degraded}}     # Argo CD app -> health after sync
   e2e: {{result: failed}}                   # passed (default) | failed | canceled
   replication: {{result: Failed}}           # Succeed (default) | Failed
+  rancher:
+    reject_chart: {{harbor: "chart harbor 9.9.9 not found in repo"}}  # install/upgrade -> 404 with that reason
+    install_errors: {{harbor: 1}}           # the next N install/upgrade actions of the chart -> 503
+    helm_failures: {{nexus: "timed out"}}   # the Helm operation itself ends failed
 
 harbor-onprem starts with registry 1 (harbor-cloud) and replication policy 1 "ferry-to-cloud" (filter
   ferry/**), as a platform team would have configured it; artifacts pushed to it are scanned on push.
+
+kube serves the Kubernetes API of any number of clusters, cluster NAME at /clusters/NAME (use that URL as
+  the cluster's api_endpoint); Rancher marks an imported cluster active once its registration manifest's
+  agent Deployment and credentials Secret were applied there.
 
 inspection: GET /_sandbox/state on any stand-in returns the whole world as JSON (no faults, no auth).
 
 example:
   python -m sandbox.standins --scenario scenario.yaml --ports \\
     harbor-onprem=18101,harbor-cloud=18102,argocd-onprem=18103,argocd-cloud=18104,sonarqube=18105,tekton=18106,\\
-buildkite=18107
+buildkite=18107,rancher=18108,kube=18109
 """
 
 

@@ -1,4 +1,4 @@
-"""Assemble the seven stand-in ASGI apps around one World, and serve them over real HTTP with uvicorn.
+"""Assemble the stand-in ASGI apps around one World, and serve them over real HTTP with uvicorn.
 
 Each app is wrapped the same way: advance the world's clock, answer the sandbox-only inspection path
 (`GET /_sandbox/state`, never faulted nor authenticated), inject the scenario's faults, check the token,
@@ -20,7 +20,7 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox.standins import argocd, buildkite, harbor, sonarqube, tekton
+from sandbox.standins import argocd, buildkite, harbor, kube, rancher, sonarqube, tekton
 from sandbox.standins.faults import FaultInjector
 from sandbox.standins.world import NAMES, World
 
@@ -42,6 +42,7 @@ class TokenAuth:
         scheme: str,
         public_paths: frozenset[str],
         unauthorized: Callable[[], Response],
+        public_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.name = name
@@ -49,6 +50,7 @@ class TokenAuth:
         self.scheme = scheme
         self.public_paths = public_paths
         self.unauthorized = unauthorized
+        self.public_prefixes = public_prefixes
 
     def _accepts(self, header: str, token: str) -> bool:
         kind, _, value = header.partition(" ")
@@ -66,7 +68,8 @@ class TokenAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.world.tokens.get(self.name)
-        if scope["type"] != "http" or not token or scope["path"] in self.public_paths:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not token or path in self.public_paths or path.startswith(self.public_prefixes):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -85,7 +88,15 @@ class StandIn:
     def __init__(self, name: str, world: World, app: ASGIApp, module: Any) -> None:
         self.name = name
         self.world = world
-        auth = TokenAuth(app, name, world, module.AUTH_SCHEME, module.PUBLIC_PATHS, module.unauthorized)
+        auth = TokenAuth(
+            app,
+            name,
+            world,
+            module.AUTH_SCHEME,
+            module.PUBLIC_PATHS,
+            module.unauthorized,
+            getattr(module, "PUBLIC_PREFIXES", ()),
+        )
         self.app = FaultInjector(auth, name, world)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,7 +117,7 @@ class StandIn:
 
 
 def build_apps(world: World) -> dict[str, ASGIApp]:
-    """The seven stand-ins sharing `world`, keyed by stand-in name."""
+    """The stand-ins sharing `world`, keyed by stand-in name."""
     inner: dict[str, tuple[ASGIApp, Any]] = {
         "harbor-onprem": (harbor.build_app(world, "onprem"), harbor),
         "harbor-cloud": (harbor.build_app(world, "cloud"), harbor),
@@ -115,6 +126,8 @@ def build_apps(world: World) -> dict[str, ASGIApp]:
         "sonarqube": (sonarqube.build_app(world), sonarqube),
         "tekton": (tekton.build_app(world), tekton),
         "buildkite": (buildkite.build_app(world), buildkite),
+        "rancher": (rancher.build_app(world), rancher),
+        "kube": (kube.build_app(world), kube),
     }
     assert tuple(inner) == NAMES
     return {name: StandIn(name, world, app, module) for name, (app, module) in inner.items()}
