@@ -238,6 +238,15 @@ class ChangeActivities:
             base = _choose_base(repo, inp, commit, released)
             files = changed_files(repo, base, commit)
             affected, reasons = affected_services(inp.services, files)
-            return ChangeSet(base_commit=base, commit=commit, changed_files=files, affected=affected, reasons=reasons)
+            author = repo.commit(commit).author  # for the four-eyes rule at gates
+            return ChangeSet(
+                base_commit=base,
+                commit=commit,
+                changed_files=files,
+                affected=affected,
+                reasons=reasons,
+                author_name=author.name or "",
+                author_email=author.email or "",
+            )
 
         return await self.workspace.run(inp.repo_url, analyze, what="analyze changes")

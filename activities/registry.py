@@ -1,8 +1,9 @@
 """Which activities each site's worker registers, built from ferry.yaml with the site's clients only.
 
 `onprem`: git (change analysis, pipeline rendering, GitOps moves), Tekton, SonarQube, Harbor-OnPrem (scan
-gate, replication), Argo CD-OnPrem and Buildkite. `cloud`: Harbor-Cloud (confirm a replicated digest) and
-Argo CD-Cloud. A system that a site does not configure is simply not registered there.
+gate, replication, policy check), cosign sign and verify, Argo CD-OnPrem, Buildkite and the notification
+webhook. `cloud`: Harbor-Cloud (confirm a replicated digest, policy check), cosign verify and Argo CD-Cloud.
+A system that a site does not configure is simply not registered there.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from activities.changes import ChangeActivities
 from activities.gitops import GitOpsActivities
 from activities.gitrepo import GitWorkspace
 from activities.harbor import HarborActivities
+from activities.notify import NotifyActivities
 from activities.pipeline import PipelineActivities
+from activities.rancher import RancherActivities
 from activities.sonarqube import SonarQubeActivities
+from activities.supply_chain import CosignActivities, PolicyActivities
 from activities.tekton import TektonActivities
 from common.config import FerryConfig
 
@@ -52,6 +56,19 @@ class SiteActivities:
             names = ONPREM_HARBOR if site == "onprem" else CLOUD_HARBOR
             functions += [getattr(harbor, n) for n in names]
             closers.append(harbor)
+        if conf.harbor is not None:
+            policy = PolicyActivities.from_config(cfg, site, transport=transport)
+            functions.append(policy.check_image)
+            closers.append(policy)
+        if cfg.signing.public_key is not None or cfg.signing.key is not None:
+            cosign = CosignActivities.from_config(cfg)
+            functions.append(cosign.verify)
+            if site == "onprem":
+                functions.append(cosign.sign)
+        if conf.rancher is not None:
+            rancher = RancherActivities.from_config(cfg, site, transport=transport)
+            functions += [rancher.import_cluster, rancher.install_app]
+            closers.append(rancher)
         if conf.argocd is not None:
             argocd = ArgoCDActivities.from_config(cfg, site, transport=transport)
             functions.append(argocd.sync)
@@ -69,6 +86,10 @@ class SiteActivities:
                 sonar = SonarQubeActivities.from_config(cfg, site, transport=transport)
                 functions.append(sonar.quality_gate)
                 closers.append(sonar)
+            if cfg.notifications.webhook_url is not None:
+                notify = NotifyActivities.from_config(cfg, transport=transport)
+                functions.append(notify.webhook)
+                closers.append(notify)
             if conf.buildkite is not None:
                 bk = BuildkiteActivities.from_config(cfg, site, transport=transport)
                 functions.append(bk.e2e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +225,27 @@ class Service(_Model):
         return self
 
 
+Severity = Literal["Critical", "High", "Medium", "Low", "None"]
+
+
+class AllowedCve(_Model):
+    """A CVE accepted for an environment until a date, with the reason a reviewer accepted it."""
+
+    id: str = Field(pattern=r"^[A-Za-z]+-\d{4}-\d+$|^GHSA-[\w-]+$")
+    expires: date
+    reason: str = ""
+
+
+class EnvironmentPolicy(_Model):
+    """Supply-chain rules checked before an environment moves."""
+
+    block_severity: Severity | None = Field(
+        default=None, description="this severity or worse stops the move (default: policy.block_severity)"
+    )
+    allow_cves: list[AllowedCve] = Field(default_factory=list)
+    require_signature: bool = Field(default=False, description="cosign verify --key before the move")
+
+
 class Environment(_Model):
     """A deployment target: where its GitOps folder is and which site's Argo CD and Harbor serve it."""
 
@@ -231,12 +253,81 @@ class Environment(_Model):
     path: str = Field(description="folder of the GitOps repo holding this environment's kustomization.yaml")
     gate: str | None = Field(default=None, description="gate that must open before this environment moves")
     e2e: bool = Field(default=False, description="run the Buildkite E2E pipeline after this environment syncs")
+    policy: EnvironmentPolicy = EnvironmentPolicy()
 
 
 class Gate(_Model):
-    """Who may decide a gate."""
+    """Who may decide a gate, how many must agree, who may not, and how long it waits."""
 
     groups: list[str] = Field(min_length=1)
+    required_approvals: int = Field(default=1, ge=1, description="distinct approvers needed to open it")
+    forbid_commit_author: bool = Field(default=False, description="four-eyes: the commit's author may not approve")
+    forbid_previous_approvers: bool = Field(
+        default=False, description="four-eyes: whoever approved an earlier gate of the release may not approve"
+    )
+    deadline_hours: float | None = Field(
+        default=None, gt=0, description="the release ends 'expired' after this (default: approvals.deadline_hours)"
+    )
+
+
+class Approvals(_Model):
+    """Where approver identities come from, and gate defaults."""
+
+    deadline_hours: float = Field(default=72, gt=0)
+    allow_as_flag: bool = Field(
+        default=False, description="accept `--as USER` (sandbox, tests); else identity from --from-buildkite"
+    )
+    trust_buildkite_teams: bool = Field(
+        default=False, description="a BUILDKITE_UNBLOCKER_TEAMS team named like a gate group counts as membership"
+    )
+    group_file: str | None = Field(default=None, description="YAML mapping group -> members, merged into groups")
+    freeze_override_groups: list[str] = Field(
+        default_factory=list, description="groups whose members may approve with --override-freeze"
+    )
+
+
+class FreezeWindow(_Model):
+    """A period when environments must not move: an absolute range, or a cron start plus a duration."""
+
+    environments: list[str] = Field(min_length=1)
+    reason: str
+    start: datetime | None = None
+    end: datetime | None = None
+    cron: str | None = Field(default=None, description="UTC cron expression of each window's start")
+    duration_hours: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FreezeWindow:
+        absolute = self.start is not None and self.end is not None
+        recurring = self.cron is not None and self.duration_hours is not None
+        if absolute == recurring:
+            raise ValueError("give either start and end, or cron and duration_hours")
+        if absolute and self.end <= self.start:  # type: ignore[operator]
+            raise ValueError("end must be after start")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"cron '{self.cron}' is not a valid cron expression")
+        for stamp in (self.start, self.end):
+            if stamp is not None and stamp.tzinfo is None:
+                raise ValueError("start and end need a timezone, e.g. 2026-12-20T00:00:00Z")
+        return self
+
+
+class Signing(_Model):
+    """cosign: CI signs each pushed image; environments with require_signature verify before moving."""
+
+    cosign_binary: str = "cosign"
+    key: CredentialRef | None = Field(default=None, description="private key (a file reference) for cosign sign")
+    password: CredentialRef | None = Field(default=None, description="its password (COSIGN_PASSWORD)")
+    public_key: CredentialRef | None = Field(default=None, description="public key for cosign verify --key")
+
+
+class Notifications(_Model):
+    """Slack-compatible webhook for gates waiting, decided, expired, and failed releases."""
+
+    webhook_url: CredentialRef | None = Field(default=None, description="the URL is a secret: a reference")
 
 
 class Timeouts(_Model):
@@ -253,7 +344,7 @@ class Timeouts(_Model):
 class Policy(_Model):
     """Supply-chain defaults."""
 
-    block_severity: Literal["Critical", "High", "Medium", "Low", "None"] = "Critical"
+    block_severity: Severity = "Critical"
 
 
 class FerryConfig(_Model):
@@ -268,6 +359,10 @@ class FerryConfig(_Model):
     gates: dict[str, Gate] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     policy: Policy = Policy()
+    approvals: Approvals = Approvals()
+    freeze_windows: list[FreezeWindow] = Field(default_factory=list)
+    signing: Signing = Signing()
+    notifications: Notifications = Notifications()
     provisioning: Provisioning = Provisioning()
     workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
 
@@ -321,6 +416,18 @@ class FerryConfig(_Model):
                     )
         if any(e.e2e for e in self.environments.values()) and (onprem is None or onprem.buildkite is None):
             problems.append("sites.onprem.buildkite: required because an environment has e2e: true")
+        for i, window in enumerate(self.freeze_windows):
+            for env in window.environments:
+                if env not in self.environments:
+                    problems.append(f"freeze_windows.{i}.environments: unknown environment '{env}'")
+        for group in self.approvals.freeze_override_groups:
+            if group not in self.groups:
+                problems.append(f"approvals.freeze_override_groups: unknown group '{group}'")
+        if any(e.policy.require_signature for e in self.environments.values()):
+            if self.signing.public_key is None:
+                problems.append("signing.public_key: required because an environment has require_signature")
+            if self.signing.key is None:
+                problems.append("signing.key: required because an environment has require_signature (CI signs)")
         prov = self.provisioning
         if prov.gate is not None and prov.gate not in self.gates:
             problems.append(f"provisioning.gate: unknown gate '{prov.gate}' (define it under gates)")
@@ -378,11 +485,32 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _merge_group_file(data: dict[str, Any], path: Path) -> None:
+    """Members listed in approvals.group_file (relative to ferry.yaml) join the groups of the same name."""
+    group_file = (data.get("approvals") or {}).get("group_file")
+    if not group_file:
+        return
+    file = (path.parent / group_file).expanduser()
+    try:
+        groups = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: approvals.group_file: cannot read {file}: {e}") from None
+    if not isinstance(groups, dict) or not all(
+        isinstance(m, list) and all(isinstance(x, str) for x in m) for m in groups.values()
+    ):
+        raise ConfigError(f"{file}: must map each group name to a list of member names")
+    merged = {k: list(v) for k, v in (data.get("groups") or {}).items()}
+    for name, members in groups.items():
+        merged[name] = sorted(set(merged.get(name, [])) | set(members))
+    data["groups"] = merged
+
+
 def parse_config(data: Any, path: Path | str = "ferry.yaml") -> FerryConfig:
     """Validate already-parsed YAML; ConfigError names file, key and problem."""
     path = Path(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of keys (temporal, sites, repos, ...)")
+    _merge_group_file(data, path)
     try:
         return FerryConfig.model_validate(data)
     except ValidationError as e:

@@ -33,6 +33,9 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
     if json is None:
         json = os.environ.get("FERRY_LOG_FORMAT", "json") == "json"
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    # httpx logs every request's full URL at INFO; some URLs are secrets (a Slack webhook URL is its token).
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

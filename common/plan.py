@@ -7,7 +7,15 @@ a new service) never breaks the replay of a release already in flight.
 from __future__ import annotations
 
 from common.config import FerryConfig
-from workflows.types import ActivitySettings, EnvironmentSpec, GateSpec, ReleasePlan, ServiceSpec
+from workflows.types import (
+    ActivitySettings,
+    AllowedCveSpec,
+    EnvironmentSpec,
+    FreezeWindowSpec,
+    GateSpec,
+    ReleasePlan,
+    ServiceSpec,
+)
 
 
 def build_plan(cfg: FerryConfig) -> ReleasePlan:
@@ -29,6 +37,12 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
                 harbor_project=harbor.project,
                 gate=env.gate,
                 e2e=env.e2e,
+                block_severity=env.policy.block_severity,
+                allow_cves=[
+                    AllowedCveSpec(id=c.id, expires=c.expires.isoformat(), reason=c.reason)
+                    for c in env.policy.allow_cves
+                ],
+                require_signature=env.policy.require_signature,
             )
         )
     t = cfg.timeouts
@@ -52,9 +66,34 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
         ],
         environments=environments,
         gates=[
-            GateSpec(name=g, groups=list(gate.groups), members={grp: list(cfg.groups[grp]) for grp in gate.groups})
+            GateSpec(
+                name=g,
+                groups=list(gate.groups),
+                members={grp: list(cfg.groups[grp]) for grp in gate.groups},
+                required_approvals=gate.required_approvals,
+                forbid_commit_author=gate.forbid_commit_author,
+                forbid_previous_approvers=gate.forbid_previous_approvers,
+                deadline_seconds=(gate.deadline_hours or cfg.approvals.deadline_hours) * 3600,
+                trust_teams=cfg.approvals.trust_buildkite_teams,
+            )
             for g, gate in cfg.gates.items()
         ],
+        freeze_windows=[
+            FreezeWindowSpec(
+                environments=list(w.environments),
+                reason=w.reason,
+                start=w.start.isoformat() if w.start else "",
+                end=w.end.isoformat() if w.end else "",
+                cron=w.cron or "",
+                duration_seconds=(w.duration_hours or 0) * 3600,
+            )
+            for w in cfg.freeze_windows
+        ],
+        freeze_override_members=sorted(
+            {m for grp in cfg.approvals.freeze_override_groups for m in cfg.groups.get(grp, [])}
+        ),
+        notify=cfg.notifications.webhook_url is not None,
+        sign_images=cfg.signing.key is not None,
         onprem_queue=cfg.task_queue("onprem"),
         onprem_registry=onprem_harbor.registry_host,
         onprem_project=onprem_harbor.project,

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-STANDINS = ("harbor-onprem", "harbor-cloud", "argocd-onprem", "argocd-cloud", "sonarqube", "tekton", "buildkite")
+STANDINS = (
+    "harbor-onprem",
+    "harbor-cloud",
+    "argocd-onprem",
+    "argocd-cloud",
+    "sonarqube",
+    "tekton",
+    "buildkite",
+    "rancher",
+    "kube",
+)
 ENVIRONMENTS = ("testbed", "staging", "production")
 
 # The demo's approvers: QA decides staging, the release manager decides production.
@@ -16,6 +26,7 @@ def default_ports(base: int = 7233) -> dict[str, int]:
     offset = base - 7233
     ports = {"temporal": base, "temporal-ui": base + 1000}
     ports.update({name: 18101 + offset + i for i, name in enumerate(STANDINS)})
+    ports["receiver"] = 18151 + offset
     return ports
 
 
@@ -53,8 +64,15 @@ def sandbox_config(
     heartbeat_seconds: float = 20,
     start_to_close_seconds: float = 600,
     replication_policy_id: int = 1,
+    signing: dict[str, Any] | None = None,
+    webhook_url: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference."""
+    """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference.
+
+    With `signing` (the `signing:` section), CI signs images and staging and production require a signature;
+    with `webhook_url` (a credential reference), gates and failures are announced there.
+    """
+    signed = signing is not None
 
     def endpoint(name: str, **extra: Any) -> dict[str, Any]:
         return {"url": urls[name], "credential": credentials[name], **extra}
@@ -70,21 +88,40 @@ def sandbox_config(
                 "sonarqube": endpoint("sonarqube"),
                 "tekton": endpoint("tekton"),
                 "buildkite": endpoint("buildkite", organization="acme", e2e_pipeline="e2e"),
+                "rancher": endpoint("rancher"),
             },
             "cloud": {
                 "harbor": endpoint("harbor-cloud", username="robot$ferry"),
                 "argocd": endpoint("argocd-cloud"),
+                # One Rancher manages both domains; each site's worker imports the clusters it can reach.
+                "rancher": endpoint("rancher"),
             },
         },
         "repos": {"app": {"url": app_repo, "name": "shop"}, "gitops": {"url": gitops_repo}},
         "services": example_services(),
         "environments": {
             "testbed": {"site": "onprem", "path": "testbed", "e2e": True},
-            "staging": {"site": "cloud", "path": "staging", "gate": "staging"},
-            "production": {"site": "cloud", "path": "production", "gate": "production"},
+            "staging": {
+                "site": "cloud",
+                "path": "staging",
+                "gate": "staging",
+                "policy": {"require_signature": signed},
+            },
+            "production": {
+                "site": "cloud",
+                "path": "production",
+                "gate": "production",
+                "policy": {"block_severity": "High", "require_signature": signed},
+            },
         },
         "groups": {"qa": ["quinn", "quentin"], "release-managers": ["rita", "raj"]},
-        "gates": {"staging": {"groups": ["qa"]}, "production": {"groups": ["release-managers"]}},
+        "gates": {
+            "staging": {"groups": ["qa"]},
+            "production": {"groups": ["release-managers"], "forbid_commit_author": True},
+        },
+        "approvals": {"allow_as_flag": True, "freeze_override_groups": ["release-managers"]},
+        "signing": signing or {},
+        "notifications": {"webhook_url": webhook_url} if webhook_url else {},
         "timeouts": {
             "activity_attempts": attempts,
             "retry_initial_seconds": 0.2,

@@ -186,8 +186,19 @@ class Sandbox:
         self._save(state)
         _wait("stand-ins", lambda: all(_port_open(ports[n]) for n in STANDINS), 30, self.logs / "standins.log")
 
+        progress(f"starting the webhook receiver on :{ports['receiver']}")
+        cmd = [sys.executable, "-m", "sandbox.receiver", "--port", str(ports["receiver"])]
+        state["pids"]["receiver"] = self._spawn("receiver", cmd)
+        self._save(state)
+        _wait("webhook receiver", lambda: _port_open(ports["receiver"]), 30, self.logs / "receiver.log")
+
         progress("registering Harbor projects, the replication policy and the Argo CD applications")
         policy_id = self._seed(ports, tokens, gitops_repo)
+        signing = self._cosign_keys()
+        webhook = self.root / "secrets" / "webhook-url"
+        if not webhook.exists():
+            webhook.write_text(f"http://127.0.0.1:{ports['receiver']}/hooks/{secrets.token_urlsafe(16)}")
+            webhook.chmod(0o600)
 
         config = sandbox_config(
             urls={name: f"http://127.0.0.1:{ports[name]}" for name in STANDINS},
@@ -202,6 +213,8 @@ class Sandbox:
             heartbeat_seconds=self.heartbeat_seconds,
             start_to_close_seconds=self.start_to_close_seconds,
             replication_policy_id=policy_id,
+            signing=signing,
+            webhook_url={"file": str(webhook)},
         )
         header = "# Written by `ferry sandbox up`; credentials are file references under secrets/.\n"
         self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
@@ -223,6 +236,29 @@ class Sandbox:
                 path.chmod(0o600)
             tokens[name] = path.read_text().strip()
         return tokens
+
+    def _cosign_keys(self) -> dict:
+        """A cosign key pair for the sandbox (made once), and the `signing:` section that uses it."""
+        password = self.root / "secrets" / "cosign-password"
+        if not password.exists():
+            password.write_text(secrets.token_urlsafe(16))
+            password.chmod(0o600)
+        cosign = ROOT / "sandbox" / "bin" / "cosign"
+        prefix = self.root / "cosign"
+        if not (self.root / "cosign.pub").exists():
+            env = {**os.environ, "COSIGN_PASSWORD": password.read_text().strip(), "FERRY_PYTHON": sys.executable}
+            subprocess.run(
+                [str(cosign), "generate-key-pair", "--output-key-prefix", str(prefix)],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
+        return {
+            "cosign_binary": str(cosign),
+            "key": {"file": f"{prefix}.key"},
+            "password": {"file": str(password)},
+            "public_key": {"file": f"{prefix}.pub"},
+        }
 
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
@@ -304,7 +340,9 @@ class Sandbox:
         """Start the worker of `site` as its own process and wait until it polls its task queue."""
         state = self.state()
         cmd = [sys.executable, str(ROOT / "worker.py"), "--site", site, "--config", str(self.config_path)]
-        pid = self._spawn(f"worker-{site}", cmd)
+        # The sandbox cosign keeps signatures in one folder both workers see (real cosign: in the registry).
+        env = {"FERRY_COSIGN_STORE": str(self.root / "signatures"), "FERRY_PYTHON": sys.executable}
+        pid = self._spawn(f"worker-{site}", cmd, env)
         state["pids"][f"worker-{site}"] = pid
         self._save(state)
         log = self.logs / f"worker-{site}.log"

@@ -60,15 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="read BUILDKITE_COMMIT, BUILDKITE_BRANCH, BUILDKITE_MESSAGE, BUILDKITE_BUILD_URL, ... from the step",
     )
     start.add_argument("--wait", action="store_true", help="follow the stages; exit 1 if the release fails")
+    start.add_argument(
+        "--until", metavar="STAGE", help="follow until the release reaches STAGE (e.g. gate:staging), then exit 0"
+    )
     start.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, verb in (("approve", "open"), ("reject", "reject")):
-        d = sub.add_parser(name, help=f"{verb} a release's gate", description=f"{verb.capitalize()} a gate.")
-        d.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
+        d = sub.add_parser(
+            name,
+            help=f"{verb} a gate of a release (or a provisioning)",
+            description=f"{verb.capitalize()} a gate. Identity: --from-buildkite (BUILDKITE_UNBLOCKER, "
+            "BUILDKITE_UNBLOCKER_EMAIL, BUILDKITE_UNBLOCKER_TEAMS of the block step), or --as where ferry.yaml "
+            "allows it (approvals.allow_as_flag).",
+        )
+        d.add_argument("release", nargs="?", help="release id (shop-<sha12>), commit SHA or workflow id")
         d.add_argument("--stage", required=True, help="the gated environment, e.g. staging or production")
-        d.add_argument("--as", dest="as_user", help="who decides (default: $FERRY_USER or $USER)")
+        d.add_argument("--as", dest="as_user", help="who decides (only where approvals.allow_as_flag is true)")
+        d.add_argument("--from-buildkite", action="store_true", help="identity of the unblocker of this build")
         d.add_argument("--comment", default="", help="kept in the audit and shown by status")
+        if name == "approve":
+            d.add_argument(
+                "--override-freeze",
+                action="store_true",
+                help="move now although a freeze window is open (freeze_override_groups; needs --comment)",
+            )
         d.add_argument("--json", action="store_true")
+
+    au = sub.add_parser("audit", help="every decision on a release: who, when, gate, channel, comment, refusals")
+    au.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
+    au.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="a release's stage, services, digests, gates and timings")
     st.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
@@ -127,6 +147,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await release_cmds.decide(cfg, args, approve=args.command == "approve")
     if args.command == "status":
         return await release_cmds.status(cfg, args)
+    if args.command == "audit":
+        return await release_cmds.audit(cfg, args)
     if args.command == "list":
         return await release_cmds.list_releases(cfg, args)
     if args.command == "retry":

@@ -123,13 +123,16 @@ async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
     elif not args.json:
         verb = "started" if started else "already exists (running or released); following it"
         print(f"release {inp.release_id} {verb}\n  workflow {wf_id}\n  ui       {link}")
-    if not args.wait:
+    until = getattr(args, "until", None)
+    if not (args.wait or until):
         return OK
-    return await follow(handle, cfg, args.json)
+    return await follow(handle, cfg, args.json, until=until)
 
 
-async def follow(handle: WorkflowHandle, cfg: FerryConfig, as_json: bool, poll: float = 1.0) -> int:
-    """Print each stage as the release reaches it; exit OK on success, FAILED otherwise."""
+async def follow(
+    handle: WorkflowHandle, cfg: FerryConfig, as_json: bool, poll: float = 1.0, until: str | None = None
+) -> int:
+    """Print each stage as the release reaches it; exit OK on success (or on reaching `until`), FAILED otherwise."""
     last = ""
     while True:
         desc = await handle.describe()
@@ -145,6 +148,10 @@ async def follow(handle: WorkflowHandle, cfg: FerryConfig, as_json: bool, poll: 
             last = status.stage
         if desc.status != WorkflowExecutionStatus.RUNNING:
             break
+        if until and status.stage == until:
+            if as_json:
+                print_json(status)
+            return OK
         await asyncio.sleep(poll)
     if as_json:
         print_json(status)
@@ -166,15 +173,56 @@ async def status(cfg: FerryConfig, args: argparse.Namespace) -> int:
     return OK
 
 
-async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
-    """Approve or reject a gate through the validated Update; a refusal exits FAILED with the reason."""
-    wf_id = workflow_id_for(cfg, args.release)
+def decision_from_args(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> Decision:
+    """Who decides, from where it can be trusted: Buildkite's unblocker variables, or --as where allowed."""
+    comment = args.comment or ""
+    if getattr(args, "override_freeze", False) and not comment.strip():
+        raise CommandError("--override-freeze needs --comment saying why the freeze is overridden")
+    if getattr(args, "from_buildkite", False):
+        env = os.environ
+        name, email = env.get("BUILDKITE_UNBLOCKER", ""), env.get("BUILDKITE_UNBLOCKER_EMAIL", "")
+        if not (name or email):
+            raise CommandError(
+                "--from-buildkite: BUILDKITE_UNBLOCKER is not set; run this in a step after a block step"
+            )
+        teams = [t for t in env.get("BUILDKITE_UNBLOCKER_TEAMS", "").split(":") if t]
+        return Decision(
+            stage=args.stage,
+            user=email or name,
+            email=email,
+            teams=teams,
+            comment=comment,
+            approve=approve,
+            channel="buildkite",
+            override_freeze=getattr(args, "override_freeze", False),
+        )
+    if not cfg.approvals.allow_as_flag:
+        raise CommandError(
+            "this ferry.yaml takes approver identity from Buildkite only (approvals.allow_as_flag is false): "
+            "run `ferry approve --from-buildkite` in a step after a block step"
+        )
     user = args.as_user or os.environ.get("FERRY_USER") or os.environ.get("USER", "")
     if not user:
         raise CommandError("who is deciding? pass --as USER (or set FERRY_USER)")
+    return Decision(
+        stage=args.stage,
+        user=user,
+        comment=comment,
+        approve=approve,
+        channel="cli",
+        override_freeze=getattr(args, "override_freeze", False),
+    )
+
+
+async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
+    """Approve or reject a gate through the validated Update; a refusal exits FAILED with the reason."""
+    decision = decision_from_args(cfg, args, approve)
+    ref = args.release or (os.environ.get("BUILDKITE_COMMIT", "") if getattr(args, "from_buildkite", False) else "")
+    if not ref:
+        raise CommandError("which release? give RELEASE (or run with --from-buildkite inside the build)")
+    wf_id = workflow_id_for(cfg, ref)
     client = await client_for(cfg)
     handle = await existing_handle(client, wf_id)
-    decision = Decision(stage=args.stage, user=user, comment=args.comment or "", approve=approve, channel="cli")
     try:
         gate = await handle.execute_update(ReleaseWorkflow.approve if approve else ReleaseWorkflow.reject, decision)
     except WorkflowUpdateFailedError as e:
@@ -186,8 +234,32 @@ async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> i
         raise
     if args.json:
         print_json(gate)
+    elif gate.state == "waiting":
+        print(f"{gate.stage}: approved by {decision.user}; {len(gate.approvals)} of {gate.required} approvals")
     else:
-        print(f"{gate.stage}: {gate.state} by {gate.decided_by}" + (f' "{gate.comment}"' if gate.comment else ""))
+        who = ", ".join(gate.approvals) if gate.state == "approved" and gate.approvals else gate.decided_by
+        line = f"{gate.stage}: {gate.state} by {who}" + (f' "{gate.comment}"' if gate.comment else "")
+        if gate.frozen_until and not gate.freeze_overridden_by:
+            line += f"; frozen until {gate.frozen_until} ({gate.freeze_reason}), the move waits"
+        print(line)
+    return OK
+
+
+async def audit(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Every decision on a release: who, when, gate, channel, comment, and refusals with the reason."""
+    wf_id = workflow_id_for(cfg, args.release)
+    client = await client_for(cfg)
+    handle = await existing_handle(client, wf_id)
+    result: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+    if args.json:
+        print_json({"release_id": result.release_id, "audit": result.audit, "gates": result.gates})
+        return OK
+    if not result.audit:
+        print(f"{result.release_id}: no decisions yet")
+    for a in result.audit:
+        extra = f' "{a.comment}"' if a.comment else ""
+        extra += f" -- refused: {a.reason}" if a.reason else ""
+        print(f"{a.at}  {a.stage:<11} {a.action:<24} {a.user:<24} via {a.channel}{extra}")
     return OK
 
 

@@ -22,7 +22,10 @@ from workflows.types import (
     E2EResult,
     GitOpsMoveInput,
     GitOpsMoveResult,
+    Notification,
     PipelinePlan,
+    PolicyCheckInput,
+    PolicyCheckResult,
     QualityGateInput,
     QualityGateResult,
     RenderPipelineInput,
@@ -30,6 +33,8 @@ from workflows.types import (
     ReplicationResult,
     ScanGateInput,
     ScanResult,
+    SignInput,
+    SignResult,
     TektonRunInput,
     TektonRunResult,
 )
@@ -44,6 +49,9 @@ class Fakes:
     critical: set[str] = field(default_factory=set)
     e2e_fails: bool = False
     degraded: set[str] = field(default_factory=set)
+    high: set[str] = field(default_factory=set)  # repositories with CVE-2026-1000 (High)
+    unsigned: set[str] = field(default_factory=set)
+    author: tuple[str, str] = ("Dev", "dev@example.com")
     calls: list[tuple[str, str, object]] = field(default_factory=list)
 
     def _log(self, name: str, arg: object) -> None:
@@ -53,8 +61,8 @@ class Fakes:
         """(task queue, argument) of every call of one activity."""
         return [(q, a) for n, q, a in self.calls if n == name]
 
-    def onprem(self) -> list:
-        """The fakes the onprem worker registers."""
+    def onprem(self, *, notify: bool = True) -> list:
+        """The fakes the onprem worker registers (`notify=False`: the test registers the real webhook)."""
 
         @activity.defn(name="changes.analyze")
         async def analyze(inp: AnalyzeChangesInput) -> ChangeSet:
@@ -65,6 +73,8 @@ class Fakes:
                 changed_files=[f"services/{s}/main.py" for s in self.affected],
                 affected=list(self.affected),
                 reasons={s: f"changed: services/{s}/main.py" for s in self.affected},
+                author_name=self.author[0],
+                author_email=self.author[1],
             )
 
         @activity.defn(name="pipeline.render")
@@ -118,7 +128,18 @@ class Fakes:
                 raise errors.fatal(f"E2E build failed: {url}", errors.E2E_FAILED, web_url=url)
             return E2EResult(number=1, state="passed", web_url=url)
 
-        return [analyze, render, tekton, quality, scan, replicate, move, e2e, self._argocd()]
+        @activity.defn(name="cosign.sign")
+        async def sign(inp: SignInput) -> SignResult:
+            self._log("cosign.sign", inp)
+            return SignResult(image=inp.image, verified=True)
+
+        @activity.defn(name="notify.webhook")
+        async def notify_fake(inp: Notification) -> str:
+            self._log("notify.webhook", inp)
+            return "200"
+
+        fakes = [analyze, render, tekton, quality, scan, replicate, move, e2e, sign, *self._both()]
+        return [*fakes, notify_fake] if notify else fakes
 
     def cloud(self) -> list:
         """The fakes the cloud worker registers."""
@@ -128,7 +149,33 @@ class Fakes:
             self._log("harbor.confirm", inp)
             return inp
 
-        return [confirm, self._argocd()]
+        return [confirm, *self._both()]
+
+    def _both(self) -> list:
+        """Activities both workers register (each against its own site's systems)."""
+
+        @activity.defn(name="policy.check_image")
+        async def policy(inp: PolicyCheckInput) -> PolicyCheckResult:
+            self._log("policy.check_image", inp)
+            if inp.artifact.repository not in self.high or inp.block_severity not in ("High", "Medium", "Low"):
+                return PolicyCheckResult()
+            allowed = [a for a in inp.allow_cves if a.id == "CVE-2026-1000" and inp.today <= a.expires]
+            if allowed:
+                return PolicyCheckResult(allowed=["CVE-2026-1000 (High)"])
+            raise errors.fatal(
+                f"{inp.environment}: image {inp.artifact.repository}@{inp.artifact.digest} violates "
+                f"'{inp.block_severity} or worse blocks': CVE-2026-1000 (High)",
+                "SupplyChainPolicyViolation",
+            )
+
+        @activity.defn(name="cosign.verify")
+        async def verify(inp: SignInput) -> SignResult:
+            self._log("cosign.verify", inp)
+            if inp.image.rsplit("/", 1)[-1] in self.unsigned:
+                raise errors.fatal(f"image {inp.image}@{inp.digest}: no signature", "SignatureMissing")
+            return SignResult(image=inp.image, verified=True)
+
+        return [policy, verify, self._argocd()]
 
     def _argocd(self):
         @activity.defn(name="argocd.sync")

@@ -26,6 +26,8 @@ from workflows.types import (
     E2EInput,
     GitOpsMoveInput,
     ImagePin,
+    PolicyCheckInput,
+    PolicyCheckResult,
     QualityGateInput,
     RenderPipelineInput,
     ReplicationInput,
@@ -90,10 +92,19 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "sonarqube.quality_gate",
         "harbor.scan_gate",
         "harbor.replicate",
+        "policy.check_image",
         "argocd.sync",
         "buildkite.e2e",
+        "rancher.import_cluster",
+        "rancher.install_app",
     }
-    assert set(cloud) == {"harbor.confirm", "argocd.sync"}
+    assert set(cloud) == {
+        "harbor.confirm",
+        "policy.check_image",
+        "argocd.sync",
+        "rancher.import_cluster",
+        "rancher.install_app",
+    }
 
     async def twice(fn: Any, arg: Any) -> Any:
         first = await fn(arg)
@@ -149,6 +160,10 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
     assert first.status == second.status == "Succeed"
     cloud_ref = ArtifactRef("cloud", "ferry", "api", digest)
     assert await twice(cloud["harbor.confirm"], cloud_ref) == cloud_ref
+    policy = PolicyCheckInput(
+        artifact=cloud_ref, environment="production", block_severity="High", allow_cves=[], today="2026-11-27"
+    )
+    assert await twice(cloud["policy.check_image"], policy) == PolicyCheckResult()
     assert list(world.harbor["cloud"].artifacts[("ferry", "api")]) == [digest]
 
     move_input = GitOpsMoveInput(

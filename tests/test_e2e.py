@@ -70,7 +70,9 @@ async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> Non
     logs = "".join(p.read_text(errors="replace") for p in e2e.box.logs.glob("worker-*.log"))
     for secret_file in (e2e.box.root / "secrets").iterdir():
         secret = secret_file.read_text().strip()
-        assert secret not in history and secret not in logs and secret not in status.out
+        assert secret not in history, secret_file.name
+        assert secret not in logs, secret_file.name
+        assert secret not in status.out, secret_file.name
     # FERRY_RECORD_HISTORIES=tests/histories refreshes the recorded histories that test_replay replays.
     if record := os.environ.get("FERRY_RECORD_HISTORIES"):
         history = await e2e.handle(commit).fetch_history()

@@ -28,11 +28,15 @@ with workflow.unsafe.imports_passed_through():
         ScanGateInput,
         ScanResult,
         ServiceSpec,
+        SignInput,
+        SignResult,
         TektonRunInput,
         TektonRunResult,
     )
 
 CI_FAILED = "CIFailed"
+# CI runs that started with image signing sign each pushed image; older histories replay without it.
+PATCH_SIGNING = "ci-signing-v1"
 
 
 def failure_message(err: BaseException) -> str:
@@ -51,6 +55,7 @@ class CIWorkflow:
 
     def __init__(self) -> None:
         self._stage = "analyze"
+        self._sign = False
 
     @workflow.query
     def stage(self) -> str:
@@ -61,6 +66,7 @@ class CIWorkflow:
     async def run(self, inp: CIInput) -> CIResult:
         """Run CI; raises ApplicationError(type=CIFailed) naming every failed service and check."""
         plan = inp.plan
+        self._sign = workflow.patched(PATCH_SIGNING) and plan.sign_images
         opts = activity_options(plan.activities, plan.onprem_queue)
         wait_opts = activity_options(plan.activities, plan.onprem_queue, waits=True)
         first_env = plan.environments[0].path if plan.environments else None
@@ -94,6 +100,8 @@ class CIWorkflow:
                 pipelineruns={},
                 artifacts=[],
                 nothing_to_release=True,
+                author_name=changes.author_name,
+                author_email=changes.author_email,
             )
 
         self._stage = "pipeline"
@@ -133,6 +141,8 @@ class CIWorkflow:
             buildkite_pipeline=pipeline.buildkite_yaml,
             pipelineruns=pipeline.pipelineruns,
             artifacts=[r for r in results if isinstance(r, Artifact)],
+            author_name=changes.author_name,
+            author_email=changes.author_email,
         )
 
     async def _build(self, inp: CIInput, svc: ServiceSpec, manifest: dict, opts: dict) -> Artifact:
@@ -174,4 +184,11 @@ class CIWorkflow:
         failed = [f"{svc.name}: {failure_message(c)}" for c in checks if isinstance(c, BaseException)]
         if failed:
             raise ApplicationError(" | ".join(failed))
+        if self._sign:
+            await workflow.execute_activity(
+                "cosign.sign",
+                SignInput(image=f"{plan.onprem_registry}/{plan.onprem_project}/{ref.repository}", digest=digest),
+                result_type=SignResult,
+                **opts,
+            )
         return Artifact(service=svc.name, repository=ref.repository, digest=digest, tag=inp.commit[:12])

@@ -8,7 +8,9 @@ site that can reach the system; the workflow holds the decisions, the gates and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
@@ -16,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from workflows import search
     from workflows.ci import CIWorkflow, failure_message
+    from workflows.freeze import active_freeze
     from workflows.gates import Gates
     from workflows.options import activity_options
     from workflows.types import (
@@ -33,13 +36,21 @@ with workflow.unsafe.imports_passed_through():
         GitOpsMoveInput,
         GitOpsMoveResult,
         ImagePin,
+        Notification,
+        PolicyCheckInput,
+        PolicyCheckResult,
         ReleaseInput,
         ReleaseStatus,
         ReplicationInput,
         ReplicationResult,
+        SignInput,
+        SignResult,
     )
 
 RELEASE_FAILED = "ReleaseFailed"
+# Everything added with gate policy (deadlines, freeze windows, supply-chain checks, notifications) runs
+# only in releases that started with it: histories recorded before it replay along the old path.
+PATCH_GATE_POLICY = "gate-policy-v1"
 
 
 def release_workflow_id(repo: str, commit: str) -> str:
@@ -60,7 +71,14 @@ class ReleaseWorkflow:
     def __init__(self, inp: ReleaseInput) -> None:
         self._inp = inp
         gated = [e.name for e in inp.plan.environments if e.gate]
-        self._gates = Gates(inp.plan.gates, gated)
+        self._gates = Gates(
+            inp.plan.gates,
+            gated,
+            author=(inp.author, inp.author),
+            freeze_overriders=inp.plan.freeze_override_members,
+        )
+        self._policy = False  # set at the start of run(): whether this run has the gate policy
+        self._notices = 0
         for env in inp.plan.environments:
             if env.gate:
                 self._gates.bind(env.name, env.gate)
@@ -115,6 +133,7 @@ class ReleaseWorkflow:
     @workflow.run
     async def run(self, inp: ReleaseInput) -> ReleaseStatus:
         """Run the release; fails with ReleaseFailed (message names stage and cause) on any failure."""
+        self._policy = workflow.patched(PATCH_GATE_POLICY)
         workflow.upsert_search_attributes(
             [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
         )
@@ -124,12 +143,15 @@ class ReleaseWorkflow:
                 self._status.outcome = "nothing_to_release"
                 self._enter("done", "nothing to release: no deployable service changed")
                 return self.status()
+            if ci.author_email or ci.author_name:
+                self._gates.set_author(ci.author_name, ci.author_email)
             for env in inp.plan.environments:
-                if env.gate and not await self._gate(env):
-                    self._status.outcome = "rejected"
-                    gate = self._gates.status[env.name]
-                    self._enter("rejected", f"rejected at {env.name} by {gate.decided_by}: {gate.comment}")
-                    return self.status()
+                if env.gate:
+                    state = await self._gate(env)
+                    if state != "approved":
+                        return await self._stop_at_gate(env, state)
+                    if self._policy:
+                        await self._wait_for_freeze(env)
                 await self._deploy(inp, env, ci)
         except (ActivityError, ChildWorkflowError, ApplicationError) as e:
             stage = self._status.stage
@@ -138,6 +160,7 @@ class ReleaseWorkflow:
             self._finish_timing(stage)
             workflow.set_current_details(f"FAILED at {stage}: {failure_message(e)}")
             self._upsert_stage(f"failed:{stage}")
+            await self._notify("failed", f"Release {inp.release_id} failed at {stage}: {failure_message(e)}", stage)
             raise ApplicationError(self._status.error, type=RELEASE_FAILED, non_retryable=True) from e
         self._status.outcome = "succeeded"
         self._enter("done", "released to " + ", ".join(e.name for e in inp.plan.environments))
@@ -166,13 +189,92 @@ class ReleaseWorkflow:
         self._finish_timing("ci")
         return ci
 
-    async def _gate(self, env: EnvironmentSpec) -> bool:
+    async def _gate(self, env: EnvironmentSpec) -> str:
+        """Wait for the gate's decision (or, with the gate policy, its deadline); returns the gate's state."""
         stage = f"gate:{env.name}"
         self._enter(stage, f"waiting for approval of {env.name} (gate {env.gate})")
         self._gates.open(env.name, workflow.now())
-        await workflow.wait_condition(lambda: self._gates.decided(env.name))
+        gate = self._gates.status[env.name]
+        if not self._policy:
+            await workflow.wait_condition(lambda: self._gates.decided(env.name))
+        else:
+            deadline = timedelta(seconds=self._gates.deadline_seconds(env.name))
+            gate.deadline = (workflow.now() + deadline).isoformat()
+            await self._notify(
+                "gate_waiting",
+                f"Release {self._inp.release_id} waits for approval of {env.name} until {gate.deadline}",
+                env.name,
+                {"approve with": f"ferry approve {self._inp.release_id} --stage {env.name}"},
+            )
+            try:
+                await workflow.wait_condition(lambda: self._gates.decided(env.name), timeout=deadline)
+            except TimeoutError:
+                self._gates.expire(env.name, workflow.now())
+            if gate.state != "expired":
+                await self._notify(
+                    "gate_decided",
+                    f"Gate {env.name} of release {self._inp.release_id} {gate.state} by "
+                    f"{', '.join(gate.approvals) or gate.decided_by}" + (f": {gate.comment}" if gate.comment else ""),
+                    env.name,
+                )
         self._finish_timing(stage)
-        return self._gates.status[env.name].state == "approved"
+        return gate.state
+
+    async def _stop_at_gate(self, env: EnvironmentSpec, state: str) -> ReleaseStatus:
+        """End the release at a gate that was rejected or expired; the environment is left as it was."""
+        gate = self._gates.status[env.name]
+        self._status.outcome = state
+        if state == "expired":
+            text = f"Release {self._inp.release_id} expired at gate {env.name}: nobody decided by {gate.deadline}"
+            self._enter("expired", text)
+            await self._notify("gate_expired", text, env.name)
+        else:
+            self._enter("rejected", f"rejected at {env.name} by {gate.decided_by}: {gate.comment}")
+        return self.status()
+
+    async def _wait_for_freeze(self, env: EnvironmentSpec) -> None:
+        """An approved move waits while a freeze window covers the environment, unless overridden."""
+        gate = self._gates.status[env.name]
+        while not gate.freeze_overridden_by:
+            freeze = active_freeze(self._inp.plan.freeze_windows, env.name, workflow.now())
+            if freeze is None:
+                break
+            gate.frozen_until, gate.freeze_reason = freeze.until.isoformat(), freeze.reason
+            self._enter(
+                f"frozen:{env.name}",
+                f"{env.name} is frozen until {gate.frozen_until} ({freeze.reason}); approved, waiting "
+                "(a release manager may approve again with --override-freeze --comment)",
+            )
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: bool(gate.freeze_overridden_by), timeout=freeze.until - workflow.now()
+                )
+            self._finish_timing(f"frozen:{env.name}")
+        gate.frozen_until = ""
+
+    async def _notify(self, event: str, text: str, stage: str = "", fields: dict[str, str] | None = None) -> None:
+        """Send a webhook notification if configured; a notification that cannot be delivered never stops
+        a release (the activity retries first), it is only noted in the status."""
+        if not (self._policy and self._inp.plan.notify):
+            return
+        self._notices += 1
+        note = Notification(
+            key=f"{workflow.info().workflow_id}/{workflow.info().run_id}/{self._notices}",
+            event=event,
+            release_id=self._inp.release_id,
+            text=text,
+            stage=stage,
+            fields=fields or {},
+        )
+        try:
+            await workflow.execute_activity(
+                "notify.webhook",
+                note,
+                result_type=str,
+                **activity_options(self._inp.plan.activities, self._inp.plan.onprem_queue),
+            )
+        except ActivityError as e:
+            self._status.notices_failed.append(f"{event}: {failure_message(e)}")
 
     async def _deploy(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult) -> None:
         plan = inp.plan
@@ -209,6 +311,8 @@ class ReleaseWorkflow:
             self._finish_timing(f"replicate:{env.site}")
 
         self._enter(f"deploy:{env.name}", f"moving {env.name} to {inp.commit[:12]}")
+        if self._policy:
+            await self._supply_chain(inp, env, ci)
         env_status.state = "moving"
         move: GitOpsMoveResult = await workflow.execute_activity(
             "gitops.move",
@@ -268,6 +372,40 @@ class ReleaseWorkflow:
             self._finish_timing(f"e2e:{env.name}")
         env_status.state = "deployed"
         self._finish_timing(f"deploy:{env.name}")
+
+    async def _supply_chain(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult) -> None:
+        """The environment's vulnerability policy and, where required, a verified cosign signature."""
+        opts = activity_options(inp.plan.activities, env.task_queue)
+        today = workflow.now().date().isoformat()
+        for art in ci.artifacts:
+            ref = ArtifactRef(
+                instance=env.site, project=env.harbor_project, repository=art.repository, digest=art.digest
+            )
+            checked: PolicyCheckResult = await workflow.execute_activity(
+                "policy.check_image",
+                PolicyCheckInput(
+                    artifact=ref,
+                    environment=env.name,
+                    block_severity=env.block_severity or inp.plan.block_severity,
+                    allow_cves=env.allow_cves,
+                    today=today,
+                ),
+                result_type=PolicyCheckResult,
+                **opts,
+            )
+            if checked.allowed:
+                self._status.allowed_findings[f"{env.name}/{art.service}"] = checked.allowed
+            if env.require_signature:
+                await workflow.execute_activity(
+                    "cosign.verify",
+                    SignInput(
+                        image=f"{env.harbor_registry}/{env.harbor_project}/{art.repository}",
+                        digest=art.digest,
+                        instance=env.site,
+                    ),
+                    result_type=SignResult,
+                    **opts,
+                )
 
     # --- bookkeeping ---
 

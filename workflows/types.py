@@ -25,6 +25,15 @@ class ServiceSpec:
 
 
 @dataclass
+class AllowedCveSpec:
+    """A CVE accepted in an environment until `expires` (ISO date, inclusive)."""
+
+    id: str
+    expires: str
+    reason: str = ""
+
+
+@dataclass
 class EnvironmentSpec:
     """One environment of the promotion chain, in order."""
 
@@ -36,6 +45,9 @@ class EnvironmentSpec:
     harbor_project: str
     gate: str | None = None
     e2e: bool = False
+    block_severity: str | None = None
+    allow_cves: list[AllowedCveSpec] = field(default_factory=list)
+    require_signature: bool = False
 
 
 @dataclass
@@ -45,6 +57,23 @@ class GateSpec:
     name: str
     groups: list[str]
     members: dict[str, list[str]]
+    required_approvals: int = 1
+    forbid_commit_author: bool = False
+    forbid_previous_approvers: bool = False
+    deadline_seconds: float = 72 * 3600
+    trust_teams: bool = False
+
+
+@dataclass
+class FreezeWindowSpec:
+    """A freeze: absolute `start`/`end` (ISO), or a UTC `cron` start and `duration_seconds`."""
+
+    environments: list[str]
+    reason: str
+    start: str = ""
+    end: str = ""
+    cron: str = ""
+    duration_seconds: float = 0
 
 
 @dataclass
@@ -78,6 +107,10 @@ class ReleasePlan:
     tekton_namespace: str = "ci"
     tekton_pipeline: str = "ferry-ci"
     activities: ActivitySettings = field(default_factory=ActivitySettings)
+    freeze_windows: list[FreezeWindowSpec] = field(default_factory=list)
+    freeze_override_members: list[str] = field(default_factory=list)
+    notify: bool = False
+    sign_images: bool = False
 
 
 # --- workflow inputs and outputs ---
@@ -132,6 +165,8 @@ class CIResult:
     pipelineruns: dict[str, dict]
     artifacts: list[Artifact]
     nothing_to_release: bool = False
+    author_name: str = ""
+    author_email: str = ""
 
 
 # --- activity inputs and outputs ---
@@ -161,6 +196,8 @@ class ChangeSet:
     changed_files: list[str]
     affected: list[str]
     reasons: dict[str, str]
+    author_name: str = ""
+    author_email: str = ""
 
 
 @dataclass
@@ -338,13 +375,20 @@ class E2EResult:
 
 @dataclass
 class Decision:
-    """An approve or reject of a gate, by update, signal or CLI."""
+    """An approve or reject of a gate, by update, signal or CLI.
+
+    `teams` are the Buildkite teams of the unblocker (trusted only when ferry.yaml says so);
+    `override_freeze` asks to move now although a freeze window is open (release managers, with a comment).
+    """
 
     stage: str
     user: str
     comment: str = ""
     approve: bool = True
     channel: str = "update"
+    email: str = ""
+    teams: list[str] = field(default_factory=list)
+    override_freeze: bool = False
 
 
 @dataclass
@@ -365,11 +409,17 @@ class GateStatus:
     """A gate's state in `status`."""
 
     stage: str
-    state: str = "pending"  # pending | waiting | approved | rejected
+    state: str = "pending"  # pending | waiting | approved | rejected | expired
     decided_by: str = ""
     comment: str = ""
     opened_at: str = ""
     decided_at: str = ""
+    approvals: list[str] = field(default_factory=list)
+    required: int = 1
+    deadline: str = ""
+    frozen_until: str = ""
+    freeze_reason: str = ""
+    freeze_overridden_by: str = ""
 
 
 @dataclass
@@ -390,7 +440,7 @@ class ReleaseStatus:
     commit: str
     branch: str
     stage: str
-    outcome: str = "running"  # running | succeeded | failed | rejected | nothing_to_release
+    outcome: str = "running"  # running | succeeded | failed | rejected | expired | nothing_to_release
     services: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
     gates: list[GateStatus] = field(default_factory=list)
@@ -400,3 +450,60 @@ class ReleaseStatus:
     error: str = ""
     e2e_url: str = ""
     ci: CIResult | None = None
+    allowed_findings: dict[str, list[str]] = field(default_factory=dict)
+    notices_failed: list[str] = field(default_factory=list)
+
+
+# --- supply chain and notifications ---
+
+
+@dataclass
+class PolicyCheckInput:
+    """Check an image in an environment's Harbor against that environment's vulnerability policy.
+
+    `today` (ISO date) comes from the workflow clock, so allow-list expiry is decided deterministically.
+    """
+
+    artifact: ArtifactRef
+    environment: str
+    block_severity: str
+    allow_cves: list[AllowedCveSpec]
+    today: str
+
+
+@dataclass
+class PolicyCheckResult:
+    """Findings at or above the threshold, split into blocking and allowed."""
+
+    blocking: list[str] = field(default_factory=list)
+    allowed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SignInput:
+    """Sign (CI) or verify (before a move) an image by digest with cosign."""
+
+    image: str
+    digest: str
+    instance: str = "onprem"
+
+
+@dataclass
+class SignResult:
+    """What cosign said."""
+
+    image: str
+    verified: bool
+    detail: str = ""
+
+
+@dataclass
+class Notification:
+    """A Slack-compatible webhook message about a release; `key` makes redelivery idempotent."""
+
+    key: str
+    event: str
+    release_id: str
+    text: str
+    stage: str = ""
+    fields: dict[str, str] = field(default_factory=dict)

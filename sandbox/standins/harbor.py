@@ -62,6 +62,7 @@ class ScanReport:
     start_time: float
     end_time: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    cves: dict[str, list[str]] = field(default_factory=dict)
 
     def overview(self) -> dict[str, Any]:
         """NativeReportSummary of the swagger."""
@@ -309,7 +310,8 @@ class HarborInstance:
 
         def finish(at: float) -> None:
             if artifact.report is report:
-                report.counts = self.world.scenario.vulnerabilities_for(artifact.repository)
+                report.cves = self.world.scenario.cves_for(artifact.repository)
+                report.counts = {severity: len(ids) for severity, ids in report.cves.items()}
                 report.status = "Success"
                 report.end_time = at
 
@@ -613,6 +615,32 @@ def build_app(world: World, site: str) -> Starlette:
         mime, with_tag = _scan_mime(request), _bool(request, "with_tag", True)
         return JSONResponse(artifact.to_json(project["project_id"], with_tag=with_tag, scan_mime=mime))
 
+    async def get_vulnerabilities(request: Request) -> Response:
+        # The swagger types the body as a string; upstream returns the report JSON keyed by its MIME type
+        # (vulnerability report v1.1: generated_at, scanner, severity, vulnerabilities[]).
+        project, artifact, ref = lookup_artifact(request)
+        if project is None or artifact is None:
+            return errors(404, "NOT_FOUND", f"artifact {ref} not found")
+        report = artifact.report
+        if report is None or report.status != "Success" or report.end_time is None:
+            return JSONResponse({})
+        findings = [
+            {
+                "id": cve,
+                "package": f"pkg-{cve.lower()}",
+                "version": "1.0.0",
+                "fix_version": "1.0.1",
+                "severity": severity,
+                "description": f"sandbox finding {cve}",
+                "links": [f"https://avd.aquasec.com/nvd/{cve.lower()}"],
+            }
+            for severity, ids in report.cves.items()
+            for cve in ids
+        ]
+        worst = report.overview().get("severity", "None")
+        body = {"generated_at": iso_ms(report.end_time), "scanner": SCANNER, "severity": worst}
+        return JSONResponse({MIME_V11: {**body, "vulnerabilities": findings}})
+
     async def scan_artifact(request: Request) -> Response:
         project, artifact, ref = lookup_artifact(request)
         if project is None or artifact is None:
@@ -775,6 +803,7 @@ def build_app(world: World, site: str) -> Starlette:
         Route(f"{repo}/artifacts", list_artifacts, methods=["GET"]),
         Route(f"{repo}/artifacts/{{reference}}", get_artifact, methods=["GET"]),
         Route(f"{repo}/artifacts/{{reference}}/scan", scan_artifact, methods=["POST"]),
+        Route(f"{repo}/artifacts/{{reference}}/additions/vulnerabilities", get_vulnerabilities, methods=["GET"]),
         Route(f"{BASE}/registries", list_registries, methods=["GET"]),
         Route(f"{BASE}/registries", create_registry, methods=["POST"]),
         Route(f"{BASE}/registries/{{id:int}}", get_registry, methods=["GET"]),

@@ -25,7 +25,17 @@ from typing import Any
 
 import yaml
 
-NAMES = ("harbor-onprem", "harbor-cloud", "argocd-onprem", "argocd-cloud", "sonarqube", "tekton", "buildkite")
+NAMES = (
+    "harbor-onprem",
+    "harbor-cloud",
+    "argocd-onprem",
+    "argocd-cloud",
+    "sonarqube",
+    "tekton",
+    "buildkite",
+    "rancher",
+    "kube",
+)
 SITES = ("onprem", "cloud")
 
 # Severity strings from specs/harbor/NOTES-from-source.md (src/pkg/scan/vuln/severity.go), lowest first.
@@ -66,11 +76,12 @@ class Scenario:
 
     faults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     quality_gate: Mapping[str, str] = field(default_factory=dict)
-    vulnerabilities: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    vulnerabilities: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
     pipeline_failures: Mapping[str, str] = field(default_factory=dict)
     health: Mapping[str, str] = field(default_factory=dict)
     e2e_result: str = "passed"
     replication_result: str = "Succeed"
+    rancher: Mapping[str, Any] = field(default_factory=dict)  # see sandbox.standins.rancher.parse_rancher_scenario
 
     def fault_for(self, name: str) -> Fault:
         """The fault of one stand-in: its own keys override those of "*"."""
@@ -83,10 +94,12 @@ class Scenario:
 
     def vulnerabilities_for(self, repository: str) -> dict[str, int]:
         """Vulnerability counts by severity of a Harbor repository (matched by name or last segment)."""
-        if repository in self.vulnerabilities:
-            return dict(self.vulnerabilities[repository])
-        last = repository.rsplit("/", 1)[-1]
-        return dict(self.vulnerabilities.get(last, {}))
+        return {severity: len(ids) for severity, ids in self.cves_for(repository).items()}
+
+    def cves_for(self, repository: str) -> dict[str, list[str]]:
+        """CVE ids by severity of a Harbor repository (matched by name or last segment)."""
+        found = self.vulnerabilities.get(repository) or self.vulnerabilities.get(repository.rsplit("/", 1)[-1], {})
+        return {severity: list(ids) for severity, ids in found.items()}
 
     def failing_task(self, service: str) -> str | None:
         """The task in which this service's PipelineRun fails, or None."""
@@ -108,7 +121,16 @@ def _match_suffix(table: Mapping[str, str], key: str, default: str) -> str:
 
 
 _FAULT_KEYS = {"error_rate", "status", "latency_ms", "down", "retry_after"}
-_TOP_KEYS = {"faults", "quality_gate", "vulnerabilities", "pipeline_failures", "health", "e2e", "replication"}
+_TOP_KEYS = {
+    "faults",
+    "quality_gate",
+    "vulnerabilities",
+    "pipeline_failures",
+    "health",
+    "e2e",
+    "replication",
+    "rancher",
+}
 
 
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
@@ -152,11 +174,22 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
             raise ScenarioError(f"{source}: quality_gate.{svc}: must be one of {', '.join(GATE_STATUSES)}")
 
     vulns = mapping("vulnerabilities")
+    cves: dict[str, dict[str, list[str]]] = {}
     for repo, counts in vulns.items():
         if not isinstance(counts, dict) or any(s not in SEVERITIES for s in counts):
             raise ScenarioError(f"{source}: vulnerabilities.{repo}: must map severities ({', '.join(SEVERITIES)})")
-        if any(not isinstance(n, int) or n < 0 for n in counts.values()):
-            raise ScenarioError(f"{source}: vulnerabilities.{repo}: counts must be non-negative integers")
+        cves[repo] = {}
+        for severity, found in counts.items():
+            # A count makes that many findings with made-up ids; a list names the CVEs (for allow-lists).
+            if isinstance(found, list) and all(isinstance(c, str) and c for c in found):
+                cves[repo][severity] = list(found)
+            elif isinstance(found, int) and not isinstance(found, bool) and found >= 0:
+                rank = SEVERITIES.index(severity)
+                cves[repo][severity] = [f"CVE-2000-{rank}{n:04d}" for n in range(1, found + 1)]
+            else:
+                raise ScenarioError(
+                    f"{source}: vulnerabilities.{repo}.{severity}: a non-negative count or a list of CVE ids"
+                )
 
     raw_failures = data.get("pipeline_failures") or []
     if isinstance(raw_failures, list):
@@ -184,14 +217,19 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     if repl not in ("Succeed", "Failed"):
         raise ScenarioError(f"{source}: replication.result: must be Succeed or Failed")
 
+    from sandbox.standins.rancher import parse_rancher_scenario
+
+    rancher = parse_rancher_scenario(data.get("rancher"), source)
+
     return Scenario(
         faults=faults,
         quality_gate=gates,
-        vulnerabilities={k: dict(v) for k, v in vulns.items()},
+        vulnerabilities=cves,
         pipeline_failures=failures,
         health=health,
         e2e_result=result,
         replication_result=repl,
+        rancher=rancher,
     )
 
 
@@ -248,6 +286,8 @@ class World:
         from sandbox.standins.argocd import ArgoInstance
         from sandbox.standins.buildkite import BuildkiteState
         from sandbox.standins.harbor import HarborInstance
+        from sandbox.standins.kube import KubeState
+        from sandbox.standins.rancher import RancherState
         from sandbox.standins.sonarqube import SonarState
         from sandbox.standins.tekton import TektonState
 
@@ -276,6 +316,8 @@ class World:
         self.sonar = SonarState(self)
         self.tekton = TektonState(self)
         self.buildkite = BuildkiteState(self)
+        self.rancher = RancherState(self)
+        self.kube = KubeState(self)
 
     # --- clock and events ---
 
@@ -367,6 +409,8 @@ class World:
                 "sonarqube": self.sonar.snapshot(),
                 "tekton": self.tekton.snapshot(),
                 "buildkite": self.buildkite.snapshot(),
+                "rancher": self.rancher.snapshot(),
+                "kube": self.kube.snapshot(),
             }
 
 
