@@ -78,13 +78,13 @@ async def existing_handle(client: Client, workflow_id: str) -> WorkflowHandle:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses to dicts for --json output."""
+    """Dataclasses (at any depth) to dicts for --json output; anything else JSON lacks becomes a string."""
     if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
-    return value
+    return str(value)
 
 
 def print_json(value: Any) -> None:
     """One JSON document on stdout."""
-    json.dump(to_jsonable(value), sys.stdout, indent=2, sort_keys=False, default=str)
+    json.dump(value, sys.stdout, indent=2, sort_keys=False, default=to_jsonable)
     sys.stdout.write("\n")

@@ -134,6 +134,10 @@ class E2E:
         headers = {} if auth else {"Authorization": f"Bearer {token}"}
         return httpx.get(self.box.url(standin) + path, auth=auth, headers=headers, timeout=10)
 
+    def webhook_messages(self) -> list[dict]:
+        """What the sandbox's webhook receiver got."""
+        return httpx.get(f"http://127.0.0.1:{self.box.ports['receiver']}/_sandbox/messages", timeout=10).json()
+
     def release_id(self, commit: str) -> str:
         return f"{self.cfg.repos.app.short_name}-{commit[:12]}"
 

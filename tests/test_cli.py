@@ -87,3 +87,42 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_config_exits_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(tmp_path / "nope.yaml"), "list"]) == USAGE
     assert "not found" in capsys.readouterr().err
+
+
+def approve_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["approve", *argv])
+
+
+def test_approver_identity_from_the_buildkite_unblocker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starters.release_cmds import decision_from_args
+
+    monkeypatch.setenv("BUILDKITE_UNBLOCKER", "Carol Danvers")
+    monkeypatch.setenv("BUILDKITE_UNBLOCKER_EMAIL", "carol@nasa.gov")
+    monkeypatch.setenv("BUILDKITE_UNBLOCKER_TEAMS", "everyone:release-managers")
+    cfg = parse_config(sample_config())
+    decision = decision_from_args(cfg, approve_args("--from-buildkite", "--stage", "production"), approve=True)
+    assert (decision.user, decision.email, decision.channel) == ("carol@nasa.gov", "carol@nasa.gov", "buildkite")
+    assert decision.teams == ["everyone", "release-managers"]
+
+
+def test_as_flag_only_where_the_config_allows_it() -> None:
+    from starters.release_cmds import decision_from_args
+
+    data = sample_config()
+    data["approvals"]["allow_as_flag"] = False
+    with pytest.raises(CommandError) as err:
+        decision_from_args(parse_config(data), approve_args("shop-x", "--stage", "staging", "--as", "quinn"), True)
+    assert err.value.code == USAGE and "--from-buildkite" in str(err.value)
+    allowed = decision_from_args(
+        parse_config(sample_config()), approve_args("x", "--stage", "staging", "--as", "q"), True
+    )
+    assert (allowed.user, allowed.channel) == ("q", "cli")
+
+
+def test_override_freeze_needs_a_comment() -> None:
+    from starters.release_cmds import decision_from_args
+
+    args = approve_args("x", "--stage", "production", "--as", "rita", "--override-freeze")
+    with pytest.raises(CommandError) as err:
+        decision_from_args(parse_config(sample_config()), args, True)
+    assert "--override-freeze needs --comment" in str(err.value)

@@ -110,3 +110,29 @@ def test_plan_carries_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "plan-must-not-hold-this" not in repr(plan)
     assert [e.name for e in plan.environments] == ["testbed", "staging", "production"]
     assert plan.gates[0].members == {"qa": ["quinn", "quentin"]}
+
+
+def test_group_file_members_join_the_groups(tmp_path: Path) -> None:
+    (tmp_path / "groups.yaml").write_text("qa: [quincy]\nsecurity: [sam]\n")
+    data = sample_config()
+    data["approvals"]["group_file"] = "groups.yaml"
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.groups["qa"] == ["quentin", "quincy", "quinn"] and cfg.groups["security"] == ["sam"]
+    (tmp_path / "groups.yaml").write_text("qa: quincy\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "ferry.yaml")
+    assert "must map each group name to a list" in str(err.value)
+
+
+def test_freeze_window_needs_one_form_and_a_timezone() -> None:
+    data = sample_config()
+    data["freeze_windows"] = [{"environments": ["production"], "reason": "x", "cron": "0 18 * * FRI"}]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "freeze_windows.0" in str(err.value) and "cron and duration_hours" in str(err.value)
+    data["freeze_windows"] = [
+        {"environments": ["production"], "reason": "x", "start": "2026-12-20T00:00:00", "end": "2026-12-21T00:00:00"}
+    ]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "timezone" in str(err.value)

@@ -76,9 +76,9 @@ async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> Non
     # FERRY_RECORD_HISTORIES=tests/histories refreshes the recorded histories that test_replay replays.
     if record := os.environ.get("FERRY_RECORD_HISTORIES"):
         history = await e2e.handle(commit).fetch_history()
-        Path(record, "release-to-production.json").write_text(history.to_json())
+        Path(record, "release-gate-policy.json").write_text(history.to_json())
         ci = await e2e.client.get_workflow_handle(f"ci/shop/{commit[:12]}").fetch_history()
-        Path(record, "ci-one-service.json").write_text(ci.to_json())
+        Path(record, "ci-signed.json").write_text(ci.to_json())
 
 
 async def test_only_changed_services_and_dependents_are_built(e2e: E2E) -> None:
@@ -150,6 +150,11 @@ async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
     result = await e2e.handle(commit).result()
     gate = result.gates[0]
     assert (result.outcome, gate.decided_by, gate.comment) == ("rejected", "quentin", "flaky login")
+    audit = json.loads(e2e.ferry("audit", rid, "--json").out)["audit"]
+    assert [(a["user"], a["action"], a["channel"]) for a in audit] == [("quentin", "reject", "cli")]
+    assert "quentin" in e2e.ferry("audit", rid).out
+    events = [(m["ferry"]["event"], m["ferry"]["release"]) for m in e2e.webhook_messages()]
+    assert ("gate_waiting", rid) in events and ("gate_decided", rid) in events
 
 
 async def test_degraded_application_fails_the_release_there(e2e: E2E) -> None:
@@ -262,3 +267,35 @@ async def test_broken_kustomization_fails_the_move_and_changes_nothing(e2e: E2E)
         assert log(e2e.gitops_repo)[0][0] == gitops_head
     finally:
         commit_change(e2e.gitops_repo, {"testbed/kustomization.yaml": good}, "testbed: repair")
+
+
+async def test_high_cve_reaches_staging_but_not_production(e2e: E2E) -> None:
+    e2e.scenario({"vulnerabilities": {"worker": {"High": ["CVE-2026-31337"]}}})
+    base = e2e.head()
+    commit = e2e.commit({"services/worker/queue.py": "Q = 1\n"}, "worker: queue")
+    start(e2e, commit, "--base", base)
+    await e2e.approve_all(commit)
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    status = await e2e.status(commit)
+    assert status.error.startswith("deploy:production")
+    assert "CVE-2026-31337" in status.error and "High or worse blocks" in status.error
+    assert status.digests["worker"] in status.error
+    rid = e2e.release_id(commit)
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("staging", "testbed")]
+
+
+async def test_unsigned_image_is_refused_before_staging(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/billing/sig.py": "S = 1\n"}, "billing: unsigned")
+    start(e2e, commit, "--base", base)
+    status = await e2e.wait_stage(commit, "gate:staging")
+    # Someone pushed this digest without the CI's signature: remove what CI signed.
+    (e2e.box.root / "signatures" / (status.digests["billing"].replace(":", "-") + ".sig")).unlink()
+    rid = e2e.release_id(commit)
+    assert e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn").code == 0
+    with pytest.raises(WorkflowFailureError):
+        await e2e.handle(commit).result()
+    failed = await e2e.status(commit)
+    assert failed.error.startswith("deploy:staging") and "no signature" in failed.error
+    assert e2e.gitops_commits(rid) == [f"testbed: release {rid}"]
