@@ -25,11 +25,12 @@ from common.config import SITES, ConfigError, FerryConfig, load_config
 from common.logging import configure_logging
 from common.temporal import connect
 from workflows.ci import CIWorkflow
+from workflows.coordinator import BranchCoordinator
 from workflows.release import ReleaseWorkflow
 
 log = structlog.get_logger("ferry.worker")
 
-WORKFLOWS = [ReleaseWorkflow, CIWorkflow]
+WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator]
 
 
 async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) -> None:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = rel.add_parser(
         "start",
         help="release a commit (CI, testbed, gates, staging, production)",
-        description="Start the release of a commit; idempotent: a release already running for it is followed.",
+        description="Hand a commit to its branch coordinator (signal-with-start), which releases the newest commit "
+        "of the branch, one CI at a time; idempotent. --direct starts the release itself.",
     )
     start.add_argument("--repo", help="app repo name or URL (must be the one in ferry.yaml; default: it)")
     start.add_argument("--commit", help="full 40-hex SHA")
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read BUILDKITE_COMMIT, BUILDKITE_BRANCH, BUILDKITE_MESSAGE, BUILDKITE_BUILD_URL, ... from the step",
     )
     start.add_argument("--wait", action="store_true", help="follow the stages; exit 1 if the release fails")
+    start.add_argument(
+        "--direct",
+        action="store_true",
+        help="start the release itself instead of handing the commit to the branch coordinator (hotfixes)",
+    )
     start.add_argument(
         "--until", metavar="STAGE", help="follow until the release reaches STAGE (e.g. gate:staging), then exit 0"
     )
@@ -93,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="a release's stage, services, digests, gates and timings")
     st.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
     st.add_argument("--json", action="store_true")
+
+    qu = sub.add_parser("queue", help="a branch's coordinator: pending commit, active releases, recent outcomes")
+    qu.add_argument("--branch", default="main")
+    qu.add_argument("--json", action="store_true")
 
     ls = sub.add_parser("list", help="recent releases and what waits for whom")
     ls.add_argument("--limit", type=int, default=20)
@@ -151,6 +161,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await release_cmds.audit(cfg, args)
     if args.command == "list":
         return await release_cmds.list_releases(cfg, args)
+    if args.command == "queue":
+        return await release_cmds.queue(cfg, args)
     if args.command == "retry":
         return await release_cmds.retry(cfg, args)
     if args.command == "replay":

@@ -31,8 +31,16 @@ from starters.common import (
 )
 from starters.render import render_status
 from workflows import search
+from workflows.coordinator import BranchCoordinator, coordinator_workflow_id
 from workflows.release import ReleaseWorkflow, release_workflow_id
-from workflows.types import Decision, ReleaseInput, ReleaseStatus
+from workflows.types import (
+    CommitSignal,
+    CoordinatorInput,
+    CoordinatorStatus,
+    Decision,
+    ReleaseInput,
+    ReleaseStatus,
+)
 
 FINAL_OK = ("succeeded", "nothing_to_release")
 
@@ -95,10 +103,36 @@ def release_input_from_args(cfg: FerryConfig, args: argparse.Namespace) -> Relea
     )
 
 
+async def submit_commit(client: Client, inp: ReleaseInput) -> str:
+    """Hand a commit to its branch's coordinator (signal-with-start); returns the coordinator's workflow id."""
+    coordinator_id = coordinator_workflow_id(inp.plan.app_repo, inp.branch)
+    await client.start_workflow(
+        BranchCoordinator.run,
+        CoordinatorInput(repo=inp.plan.app_repo, branch=inp.branch, plan=inp.plan),
+        id=coordinator_id,
+        task_queue=inp.plan.onprem_queue,
+        start_signal="commit",
+        start_signal_args=[
+            CommitSignal(
+                commit=inp.commit,
+                branch=inp.branch,
+                message=inp.message,
+                author=inp.author,
+                build_url=inp.build_url,
+                base_commit=inp.base_commit,
+                only_services=inp.only_services,
+            )
+        ],
+    )
+    return coordinator_id
+
+
 async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
-    """Start (or find the already running) release of a commit; with --wait follow it to the end."""
+    """Hand a commit to its branch coordinator (or, with --direct, start its release); --wait follows it."""
     inp = release_input_from_args(cfg, args)
     client = await client_for(cfg)
+    if not getattr(args, "direct", False):
+        return await _start_coordinated(cfg, client, inp, args)
     wf_id = release_workflow_id(inp.plan.app_repo, inp.commit)
     attrs = TypedSearchAttributes(
         [SearchAttributePair(search.COMMIT_SHA, inp.commit), SearchAttributePair(search.BRANCH, inp.branch)]
@@ -127,6 +161,55 @@ async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
     if not (args.wait or until):
         return OK
     return await follow(handle, cfg, args.json, until=until)
+
+
+async def _start_coordinated(cfg: FerryConfig, client: Client, inp: ReleaseInput, args: argparse.Namespace) -> int:
+    coordinator_id = await submit_commit(client, inp)
+    wf_id = release_workflow_id(inp.plan.app_repo, inp.commit)
+    if args.json and not (args.wait or args.until):
+        print_json({"release_id": inp.release_id, "workflow_id": wf_id, "coordinator": coordinator_id})
+    elif not args.json:
+        print(
+            f"commit {inp.commit[:12]} handed to {coordinator_id}\n  release  {wf_id}\n  ui       {ui_link(cfg, wf_id)}"
+        )
+    if not (args.wait or args.until):
+        return OK
+    # The coordinator starts the release when no other one of the branch is in CI, or skips it for a newer one.
+    coordinator = client.get_workflow_handle_for(BranchCoordinator.run, coordinator_id)
+    while True:
+        try:
+            await client.get_workflow_handle(wf_id).describe()
+            break
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise
+        queue: CoordinatorStatus = await coordinator.query(BranchCoordinator.status)
+        skipped = next((e for e in queue.recent if e.commit == inp.commit and e.state == "skipped"), None)
+        if skipped is not None:
+            print(f"  skipped: superseded by {skipped.by[:12]} before its release started")
+            return OK
+        await asyncio.sleep(1.0)
+    return await follow(client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id), cfg, args.json, until=args.until)
+
+
+async def queue(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """A branch coordinator's queue: pending commit, active releases, recent outcomes."""
+    client = await client_for(cfg)
+    handle = await existing_handle(client, coordinator_workflow_id(cfg.repos.app.short_name, args.branch))
+    result: CoordinatorStatus = await handle.query(BranchCoordinator.status)
+    if args.json:
+        print_json(result)
+        return OK
+    pending = result.pending[:12] or "-"
+    print(f"branch {result.branch}: pending {pending}  (run {result.runs}, {result.history_length} events)")
+    for e in result.active:
+        by = f" (superseded by {e.by[:12]})" if e.by else ""
+        print(f"  active  {e.release_id:<22} {e.state}{by}")
+    for e in reversed(result.recent[-10:]):
+        by = f" by {e.by[:12]}" if e.by else ""
+        print(f"  {e.state:<7} {e.release_id:<22} {e.outcome}{by}")
+    print("  counts  " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
+    return OK
 
 
 async def follow(

@@ -15,10 +15,7 @@ from temporalio.worker import Replayer
 
 from common.config import FerryConfig
 from starters.common import FAILED, OK, CommandError, client_for, existing_handle, print_json
-from workflows.ci import CIWorkflow
-from workflows.release import ReleaseWorkflow
-
-WORKFLOWS = [ReleaseWorkflow, CIWorkflow]
+from worker import WORKFLOWS
 
 
 async def replay_history(history: WorkflowHistory) -> str | None:

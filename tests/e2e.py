@@ -8,12 +8,14 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import yaml
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from common.config import FerryConfig, load_config
 from sandbox.config import default_ports
@@ -92,6 +94,18 @@ class E2E:
         return self.client.get_workflow_handle_for(
             ReleaseWorkflow.run, release_workflow_id(self.cfg.repos.app.short_name, commit)
         )
+
+    async def wait_started(self, commit: str, timeout: float = 60) -> None:
+        """Wait until the coordinator has started the release of `commit`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.handle(commit).describe()
+                return
+            except RPCError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"release of {commit[:12]} never started") from None
+            await asyncio.sleep(0.1)
 
     async def status(self, commit: str) -> ReleaseStatus:
         return await self.handle(commit).query(ReleaseWorkflow.status)

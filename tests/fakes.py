@@ -6,6 +6,7 @@ with the same non-retryable error types, so the workflow's branching is tested w
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class Fakes:
     high: set[str] = field(default_factory=set)  # repositories with CVE-2026-1000 (High)
     unsigned: set[str] = field(default_factory=set)
     author: tuple[str, str] = ("Dev", "dev@example.com")
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)  # sha12 -> CI blocks until set or cancelled
     calls: list[tuple[str, str, object]] = field(default_factory=list)
 
     def _log(self, name: str, arg: object) -> None:
@@ -88,6 +90,10 @@ class Fakes:
         @activity.defn(name="tekton.run")
         async def tekton(inp: TektonRunInput) -> TektonRunResult:
             self._log("tekton.run", inp)
+            held = next((e for sha, e in self.hold.items() if sha in inp.manifest["metadata"]["name"]), None)
+            while held is not None and not held.is_set():
+                activity.heartbeat()  # delivers a cancellation when the release is superseded
+                await asyncio.sleep(0.05)
             digest = "sha256:" + hashlib.sha256(inp.manifest["metadata"]["name"].encode()).hexdigest()
             return TektonRunResult(
                 name=inp.manifest["metadata"]["name"],
@@ -128,6 +134,11 @@ class Fakes:
                 raise errors.fatal(f"E2E build failed: {url}", errors.E2E_FAILED, web_url=url)
             return E2EResult(number=1, state="passed", web_url=url)
 
+        @activity.defn(name="tekton.cancel")
+        async def cancel(inp: TektonRunInput) -> str:
+            self._log("tekton.cancel", inp)
+            return "cancelling"
+
         @activity.defn(name="cosign.sign")
         async def sign(inp: SignInput) -> SignResult:
             self._log("cosign.sign", inp)
@@ -138,7 +149,7 @@ class Fakes:
             self._log("notify.webhook", inp)
             return "200"
 
-        fakes = [analyze, render, tekton, quality, scan, replicate, move, e2e, sign, *self._both()]
+        fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, e2e, sign, *self._both()]
         return [*fakes, notify_fake] if notify else fakes
 
     def cloud(self) -> list:

@@ -37,15 +37,17 @@ def clean_scenario(e2e: E2E):
     e2e.scenario({})
 
 
-def start(e2e: E2E, commit: str, *extra: str) -> None:
+async def start(e2e: E2E, commit: str, *extra: str) -> None:
+    """`ferry release start` (through the branch coordinator), then wait until the release exists."""
     run = e2e.ferry("release", "start", "--commit", commit, "--branch", "main", *extra)
     assert run.code == 0, run.err
+    await e2e.wait_started(commit)
 
 
 async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"services/web/index.html": "<h1>v2</h1>\n"}, "web: new front page")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     await e2e.approve_all(commit)
     result = await e2e.handle(commit).result()
 
@@ -84,7 +86,7 @@ async def test_happy_path_reaches_production_with_the_ci_digest(e2e: E2E) -> Non
 async def test_only_changed_services_and_dependents_are_built(e2e: E2E) -> None:
     base = e2e.head()
     lib = e2e.commit({"libs/common/util.py": "VERSION = 2\n"}, "common: bump")
-    start(e2e, lib, "--base", base)
+    await start(e2e, lib, "--base", base)
     status = await e2e.wait_stage(lib, "gate:staging")
     assert status.services == ["api", "worker"]
     runs = e2e.api(
@@ -94,7 +96,7 @@ async def test_only_changed_services_and_dependents_are_built(e2e: E2E) -> None:
     assert e2e.ferry("reject", e2e.release_id(lib), "--stage", "staging", "--as", "quinn").code == 0
 
     docs = e2e.commit({"docs/guide.md": "# Guide\nMore words.\n"}, "docs: guide")
-    start(e2e, docs, "--base", lib)
+    await start(e2e, docs, "--base", lib)
     result = await e2e.handle(docs).result()
     assert result.outcome == "nothing_to_release" and result.services == []
 
@@ -114,7 +116,7 @@ async def test_critical_cve_blocks_the_image(e2e: E2E) -> None:
     e2e.scenario({"vulnerabilities": {"billing": {"Critical": 1, "High": 3}}})
     base = e2e.head()
     commit = e2e.commit({"services/billing/invoice.py": "TAX = 0.2\n"}, "billing: tax")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     with pytest.raises(WorkflowFailureError):
         await e2e.handle(commit).result()
     status = await e2e.status(commit)
@@ -126,7 +128,7 @@ async def test_failing_e2e_stops_before_staging_gate_with_build_url(e2e: E2E) ->
     e2e.scenario({"e2e": {"result": "failed"}})
     base = e2e.head()
     commit = e2e.commit({"services/web/about.html": "about\n"}, "web: about")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     with pytest.raises(WorkflowFailureError):
         await e2e.handle(commit).result()
     status = await e2e.status(commit)
@@ -139,7 +141,7 @@ async def test_failing_e2e_stops_before_staging_gate_with_build_url(e2e: E2E) ->
 async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"services/worker/jobs.py": "JOBS = []\n"}, "worker: jobs")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     await e2e.wait_stage(commit, "gate:staging")
     rid = e2e.release_id(commit)
     refused = e2e.ferry("approve", rid, "--stage", "staging", "--as", "mallory")
@@ -161,7 +163,7 @@ async def test_degraded_application_fails_the_release_there(e2e: E2E) -> None:
     e2e.scenario({"health": {"shop-testbed": "Degraded"}})
     base = e2e.head()
     commit = e2e.commit({"services/web/style.css": "body{}\n"}, "web: style")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     with pytest.raises(WorkflowFailureError):
         await e2e.handle(commit).result()
     status = await e2e.status(commit)
@@ -172,7 +174,7 @@ async def test_happy_path_survives_30_percent_503s(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"services/web/flaky.txt": "503\n"}, "web: under fire")
     e2e.scenario({"faults": {"*": {"error_rate": 0.3, "status": 503}}})
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     await e2e.approve_all(commit)
     result = await e2e.handle(commit).result()
     assert result.outcome == "succeeded"
@@ -183,7 +185,7 @@ async def test_happy_path_survives_30_percent_503s(e2e: E2E) -> None:
 async def test_onprem_worker_killed_mid_ci_resumes_without_duplicates(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"libs/common/crash.py": "X = 1\n"}, "common: crash test")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     path = f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={commit[:12]}"
     for _ in range(300):
         if e2e.api("tekton", path).json()["items"]:
@@ -206,7 +208,7 @@ async def test_onprem_worker_killed_mid_ci_resumes_without_duplicates(e2e: E2E) 
 async def test_retry_after_a_standin_was_down_skips_completed_stages(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"services/billing/retry.py": "R = 1\n"}, "billing: retry")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     await e2e.wait_stage(commit, "gate:staging")
     e2e.scenario({"faults": {"argocd-cloud": {"down": True}}})
     rid = e2e.release_id(commit)
@@ -259,7 +261,7 @@ async def test_broken_kustomization_fails_the_move_and_changes_nothing(e2e: E2E)
     try:
         base = e2e.head()
         commit = e2e.commit({"services/web/broken.txt": "x\n"}, "web: meets a broken kustomization")
-        start(e2e, commit, "--base", base)
+        await start(e2e, commit, "--base", base)
         with pytest.raises(WorkflowFailureError):
             await e2e.handle(commit).result()
         status = await e2e.status(commit)
@@ -273,7 +275,7 @@ async def test_high_cve_reaches_staging_but_not_production(e2e: E2E) -> None:
     e2e.scenario({"vulnerabilities": {"worker": {"High": ["CVE-2026-31337"]}}})
     base = e2e.head()
     commit = e2e.commit({"services/worker/queue.py": "Q = 1\n"}, "worker: queue")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     await e2e.approve_all(commit)
     with pytest.raises(WorkflowFailureError):
         await e2e.handle(commit).result()
@@ -288,7 +290,7 @@ async def test_high_cve_reaches_staging_but_not_production(e2e: E2E) -> None:
 async def test_unsigned_image_is_refused_before_staging(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"services/billing/sig.py": "S = 1\n"}, "billing: unsigned")
-    start(e2e, commit, "--base", base)
+    await start(e2e, commit, "--base", base)
     status = await e2e.wait_stage(commit, "gate:staging")
     # Someone pushed this digest without the CI's signature: remove what CI signed.
     (e2e.box.root / "signatures" / (status.digests["billing"].replace(":", "-") + ".sig")).unlink()

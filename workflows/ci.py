@@ -125,10 +125,29 @@ class CIWorkflow:
         self._stage = "build"
         workflow.set_current_details(f"CI: building {', '.join(affected)}")
         specs = {s.name: s for s in plan.services}
-        results = await asyncio.gather(
-            *(self._build(inp, specs[name], pipeline.pipelineruns[name], wait_opts) for name in affected),
-            return_exceptions=True,
-        )
+        try:
+            results = await asyncio.gather(
+                *(self._build(inp, specs[name], pipeline.pipelineruns[name], wait_opts) for name in affected),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            # Superseded by a newer commit: stop the PipelineRuns on the cluster too, then end cancelled.
+            self._stage = "cancelling"
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        "tekton.cancel",
+                        TektonRunInput(
+                            service=name, namespace=plan.tekton_namespace, manifest=pipeline.pipelineruns[name]
+                        ),
+                        result_type=str,
+                        **opts,
+                    )
+                    for name in affected
+                ),
+                return_exceptions=True,
+            )
+            raise
         errors = [failure_message(r) for r in results if isinstance(r, BaseException)]
         if errors:
             raise ApplicationError("CI failed: " + " | ".join(errors), type=CI_FAILED, non_retryable=True)

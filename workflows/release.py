@@ -8,12 +8,13 @@ site that can reach the system; the workflow holds the decisions, the gates and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from workflows import search
@@ -39,12 +40,14 @@ with workflow.unsafe.imports_passed_through():
         Notification,
         PolicyCheckInput,
         PolicyCheckResult,
+        ReleaseEvent,
         ReleaseInput,
         ReleaseStatus,
         ReplicationInput,
         ReplicationResult,
         SignInput,
         SignResult,
+        Supersede,
     )
 
 RELEASE_FAILED = "ReleaseFailed"
@@ -79,6 +82,7 @@ class ReleaseWorkflow:
         )
         self._policy = False  # set at the start of run(): whether this run has the gate policy
         self._notices = 0
+        self._superseded: Supersede | None = None
         for env in inp.plan.environments:
             if env.gate:
                 self._gates.bind(env.name, env.gate)
@@ -120,6 +124,12 @@ class ReleaseWorkflow:
             raise ValueError(reason)
 
     @workflow.signal
+    def supersede(self, order: Supersede) -> None:
+        """From the branch coordinator: a newer commit replaces this release (in CI, or waiting at a gate)."""
+        if self._superseded is None:
+            self._superseded = order
+
+    @workflow.signal
     def decide(self, decision: Decision) -> None:
         """The same decision as a Signal (Temporal UI, `temporal workflow signal`); refusals are audited."""
         decision.channel = "signal"
@@ -133,12 +143,24 @@ class ReleaseWorkflow:
     @workflow.run
     async def run(self, inp: ReleaseInput) -> ReleaseStatus:
         """Run the release; fails with ReleaseFailed (message names stage and cause) on any failure."""
+        # Not try/finally: a workflow evicted from the worker's cache must not run workflow code on the way out.
+        try:
+            status = await self._run(inp)
+        except (Exception, asyncio.CancelledError):
+            await self._tell_coordinator("ended")
+            raise
+        await self._tell_coordinator("ended")
+        return status
+
+    async def _run(self, inp: ReleaseInput) -> ReleaseStatus:
         self._policy = workflow.patched(PATCH_GATE_POLICY)
         workflow.upsert_search_attributes(
             [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
         )
         try:
             ci = await self._ci(inp)
+            if ci is None:
+                return self._stop_superseded()
             if ci.nothing_to_release:
                 self._status.outcome = "nothing_to_release"
                 self._enter("done", "nothing to release: no deployable service changed")
@@ -146,8 +168,12 @@ class ReleaseWorkflow:
             if ci.author_email or ci.author_name:
                 self._gates.set_author(ci.author_name, ci.author_email)
             for env in inp.plan.environments:
+                if self._superseded is not None:
+                    return self._stop_superseded()  # a newer commit passed CI: never move an env backwards
                 if env.gate:
                     state = await self._gate(env)
+                    if state == "superseded":
+                        return self._stop_superseded()
                     if state != "approved":
                         return await self._stop_at_gate(env, state)
                     if self._policy:
@@ -166,9 +192,10 @@ class ReleaseWorkflow:
         self._enter("done", "released to " + ", ".join(e.name for e in inp.plan.environments))
         return self.status()
 
-    async def _ci(self, inp: ReleaseInput) -> CIResult:
+    async def _ci(self, inp: ReleaseInput) -> CIResult | None:
+        """Run CI as a child; None when a newer commit superseded this release first (CI is cancelled)."""
         self._enter("ci", f"CI of {inp.commit[:12]}")
-        ci: CIResult = await workflow.execute_child_workflow(
+        child = await workflow.start_child_workflow(
             CIWorkflow.run,
             CIInput(
                 release_id=inp.release_id,
@@ -181,13 +208,46 @@ class ReleaseWorkflow:
             id=ci_workflow_id(inp.plan.app_repo, inp.commit),
             task_queue=inp.plan.onprem_queue,
         )
+        await workflow.wait_condition(lambda: child.done() or self._superseded is not None)
+        if not child.done():
+            child.cancel()  # the CI workflow cancels its Tekton runs before it ends
+            with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
+                await child
+            self._finish_timing("ci")
+            return None
+        ci: CIResult = child.result()
         self._status.ci = ci
         self._status.services = ci.affected
         self._status.digests = {a.service: a.digest for a in ci.artifacts}
         if ci.affected:
             workflow.upsert_search_attributes([search.SERVICES.value_set(ci.affected)])
         self._finish_timing("ci")
+        await self._tell_coordinator("ci_passed")
         return ci
+
+    def _stop_superseded(self) -> ReleaseStatus:
+        """End quietly: a newer commit took this release's place; status says which."""
+        assert self._superseded is not None
+        self._status.outcome = "superseded"
+        self._status.superseded_by = self._superseded.by_commit
+        self._enter("superseded", f"superseded by {self._superseded.by_release} ({self._superseded.by_commit[:12]})")
+        return self.status()
+
+    async def _tell_coordinator(self, event: str) -> None:
+        """Report to the branch coordinator that started this release (if one did)."""
+        if not self._inp.coordinator_id:
+            return
+        coordinator = workflow.get_external_workflow_handle(self._inp.coordinator_id)
+        with contextlib.suppress(FailureError):  # a coordinator that is gone has nobody to tell
+            await coordinator.signal(
+                "release_event",
+                ReleaseEvent(
+                    release_id=self._inp.release_id,
+                    commit=self._inp.commit,
+                    event=event,
+                    outcome=self._status.outcome if event == "ended" else "",
+                ),
+            )
 
     async def _gate(self, env: EnvironmentSpec) -> str:
         """Wait for the gate's decision (or, with the gate policy, its deadline); returns the gate's state."""
@@ -196,7 +256,7 @@ class ReleaseWorkflow:
         self._gates.open(env.name, workflow.now())
         gate = self._gates.status[env.name]
         if not self._policy:
-            await workflow.wait_condition(lambda: self._gates.decided(env.name))
+            await workflow.wait_condition(lambda: self._gates.decided(env.name) or self._superseded is not None)
         else:
             deadline = timedelta(seconds=self._gates.deadline_seconds(env.name))
             gate.deadline = (workflow.now() + deadline).isoformat()
@@ -207,10 +267,12 @@ class ReleaseWorkflow:
                 {"approve with": f"ferry approve {self._inp.release_id} --stage {env.name}"},
             )
             try:
-                await workflow.wait_condition(lambda: self._gates.decided(env.name), timeout=deadline)
+                await workflow.wait_condition(
+                    lambda: self._gates.decided(env.name) or self._superseded is not None, timeout=deadline
+                )
             except TimeoutError:
                 self._gates.expire(env.name, workflow.now())
-            if gate.state != "expired":
+            if gate.state not in ("expired", "waiting"):
                 await self._notify(
                     "gate_decided",
                     f"Gate {env.name} of release {self._inp.release_id} {gate.state} by "
@@ -218,6 +280,10 @@ class ReleaseWorkflow:
                     env.name,
                 )
         self._finish_timing(stage)
+        if self._superseded is not None and not self._gates.decided(env.name):
+            gate.state = "superseded"
+            self._gates.waiting = None
+            return "superseded"
         return gate.state
 
     async def _stop_at_gate(self, env: EnvironmentSpec, state: str) -> ReleaseStatus:
@@ -331,6 +397,7 @@ class ReleaseWorkflow:
                 ],
                 release_id=inp.release_id,
                 app_commit=inp.commit,
+                app_repo_url=plan.app_repo_url,  # refuse a move back to an ancestor (replay-safe: input data)
             ),
             result_type=GitOpsMoveResult,
             **onprem,

@@ -129,6 +129,7 @@ class ReleaseInput:
     message: str = ""
     author: str = ""
     build_url: str = ""
+    coordinator_id: str = ""
 
 
 @dataclass
@@ -185,6 +186,11 @@ class AnalyzeChangesInput:
     gitops_repo_url: str | None = None
     gitops_branch: str = "main"
     first_env_path: str | None = None
+    # Which engine maps files to services: "paths" (globs + depends_on), "bazel" (bazel query rdeps), or
+    # "auto" (bazel when the commit has a Bazel workspace and the worker has bazel, else paths).
+    engine: str = "paths"
+    global_paths: list[str] | None = None  # files that affect every service; None: DEFAULT_GLOBAL_PATHS
+    package_manifests: bool = False  # also read services.yaml and */ferry-package.yaml at the commit
 
 
 @dataclass
@@ -320,6 +326,13 @@ class GitOpsMoveInput:
     images: list[ImagePin]
     release_id: str
     app_commit: str
+    # Monotonic environments: with the app repo given, a move to an ancestor of the app commit the environment
+    # runs is refused (empty: no check, as in releases started before the check existed). An explicit rollback
+    # (`ferry rollback`) skips the check and must say who asked and why; both go into the commit's trailers.
+    app_repo_url: str = ""
+    rollback: bool = False
+    rollback_comment: str = ""
+    requested_by: str = ""
 
 
 @dataclass
@@ -440,7 +453,7 @@ class ReleaseStatus:
     commit: str
     branch: str
     stage: str
-    outcome: str = "running"  # running | succeeded | failed | rejected | expired | nothing_to_release
+    outcome: str = "running"  # running | succeeded | failed | rejected | expired | superseded | nothing_to_release
     services: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
     gates: list[GateStatus] = field(default_factory=list)
@@ -452,6 +465,7 @@ class ReleaseStatus:
     ci: CIResult | None = None
     allowed_findings: dict[str, list[str]] = field(default_factory=dict)
     notices_failed: list[str] = field(default_factory=list)
+    superseded_by: str = ""
 
 
 # --- supply chain and notifications ---
@@ -507,3 +521,160 @@ class Notification:
     text: str
     stage: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+
+
+# --- branch coordination ---
+
+
+@dataclass
+class CommitSignal:
+    """A pushed commit handed to its branch's coordinator (signal-with-start from `ferry release start`)."""
+
+    commit: str
+    branch: str
+    message: str = ""
+    author: str = ""
+    build_url: str = ""
+    base_commit: str | None = None
+    only_services: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReleaseEvent:
+    """What a release tells its coordinator: `ci_passed` (it may now supersede older ones), `ended`."""
+
+    release_id: str
+    commit: str
+    event: str
+    outcome: str = ""
+
+
+@dataclass
+class Supersede:
+    """A coordinator's order to a release: a newer commit replaces you."""
+
+    by_commit: str
+    by_release: str
+
+
+@dataclass
+class QueueEntry:
+    """A commit as the coordinator sees it."""
+
+    commit: str
+    release_id: str
+    state: str  # pending | in_ci | past_ci | superseding | skipped | ended
+    by: str = ""
+    outcome: str = ""
+    seq: int = 0
+
+
+@dataclass
+class CoordinatorState:
+    """Everything the coordinator carries across continue-as-new."""
+
+    seq: int = 0
+    pending: CommitSignal | None = None
+    pending_seq: int = 0
+    active: list[QueueEntry] = field(default_factory=list)
+    recent: list[QueueEntry] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    runs: int = 1
+
+
+@dataclass
+class CoordinatorInput:
+    """One coordinator per repo and branch."""
+
+    repo: str
+    branch: str
+    plan: ReleasePlan
+    state: CoordinatorState | None = None
+    max_history: int = 2000
+
+
+@dataclass
+class CoordinatorStatus:
+    """Answer of the coordinator's `status` query: the queue, what is active, what happened lately."""
+
+    branch: str
+    pending: str = ""
+    active: list[QueueEntry] = field(default_factory=list)
+    recent: list[QueueEntry] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    runs: int = 1
+    history_length: int = 0
+
+
+# --- rollback (`ferry rollback ENV --to RELEASE`) ---
+
+
+@dataclass
+class DeployedInput:
+    """Which app commit does an environment run? Read from the GitOps repo, not from any workflow's memory."""
+
+    repo_url: str
+    branch: str
+    environment: str
+    path: str
+
+
+@dataclass
+class DeployedRevision:
+    """The app commit of the newest `Ferry-Commit:` trailer on the environment's path ('' if none yet)."""
+
+    environment: str
+    app_commit: str = ""
+    gitops_commit: str = ""
+
+
+@dataclass
+class RollbackInput:
+    """Put an environment back on an earlier release's images, deliberately and on the record.
+
+    The CLI reads the target release's commit and artifacts from that release's `status` (a workflow cannot
+    query another one) and freezes the plan, so the rollback replays against the config it started with.
+    """
+
+    environment: str
+    target_release_id: str
+    target_commit: str
+    artifacts: list[Artifact]
+    comment: str
+    requested_by: str
+    plan: ReleasePlan
+    email: str = ""
+    teams: list[str] = field(default_factory=list)
+    channel: str = "cli"
+
+
+@dataclass
+class RollbackAuditEntry:
+    """Who rolled which environment back from what to what, when and why (or why it was refused)."""
+
+    environment: str
+    user: str
+    action: str  # rolled-back | refused | failed
+    channel: str
+    at: str
+    from_commit: str = ""
+    to_commit: str = ""
+    comment: str = ""
+    reason: str = ""
+
+
+@dataclass
+class RollbackStatus:
+    """Answer of the Rollback workflow's `status` query."""
+
+    environment: str
+    target_release_id: str
+    target_commit: str
+    requested_by: str
+    stage: str = "starting"
+    outcome: str = "running"  # running | succeeded | refused | failed
+    from_commit: str = ""
+    gitops_commit: str = ""
+    apps: dict[str, str] = field(default_factory=dict)
+    audit: list[RollbackAuditEntry] = field(default_factory=list)
+    error: str = ""
