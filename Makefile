@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint format sandbox-up sandbox-down clean
+.PHONY: setup demo test bench lint format sandbox-up sandbox-down clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# Timing goals: each script prints one ratio line measured side by side in one run (see bench/README.md).
+bench: setup
+	@for script in bench/[a-z]*.py; do $(BIN)/python $$script || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

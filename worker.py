@@ -26,11 +26,13 @@ from common.logging import configure_logging
 from common.temporal import connect
 from workflows.ci import CIWorkflow
 from workflows.coordinator import BranchCoordinator
+from workflows.provision import DriftWorkflow, ProvisionWorkflow
 from workflows.release import ReleaseWorkflow
+from workflows.rollback import RollbackWorkflow
 
 log = structlog.get_logger("ferry.worker")
 
-WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator]
+WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator, RollbackWorkflow, ProvisionWorkflow, DriftWorkflow]
 
 
 async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) -> None:

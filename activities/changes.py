@@ -4,22 +4,50 @@ A monorepo release should build and deploy only what changed. The base of the co
 commit last released to the first environment (read from the `Ferry-Commit:` trailer that `gitops.move`
 writes), so a release picks up everything that changed since the last one even if several commits landed
 in between; without such a release the base is the branch point or the parent commit.
+
+Which engine maps the changed files to services is the input's `engine` (activities/change_engines.py):
+`paths` (ferry.yaml's globs and depends_on, plus services.yaml / ferry-package.yaml manifests when
+`package_manifests`), `bazel` (bazel query on a checkout of the commit), or `auto` (bazel when the commit
+has a Bazel workspace and the worker has bazel; if Bazel then fails, the path graph answers and a warning
+is logged, since the path graph is what ferry.yaml declares anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections import deque
-from functools import lru_cache
+import subprocess
+from pathlib import Path
 
 import git
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import BAD_COMMIT
-from activities.gitrepo import EMPTY_TREE, GitWorkspace, check_branch, resolve_commit
+from activities.bazel import WORKSPACE_FILES, BazelEngine, BazelRunner
+from activities.change_engines import (
+    PACKAGE_MANIFEST,
+    SERVICES_FILE,
+    ChangeEngine,
+    ManifestError,
+    Package,
+    PathGraphEngine,
+    glob_match,
+    parse_package_manifest,
+    parse_services_file,
+)
+from activities.errors import BAD_COMMIT, BAD_REQUEST, fatal, retryable
+from activities.gitrepo import (
+    DEFAULT_TIMEOUT,
+    EMPTY_TREE,
+    GIT_ENV,
+    GitWorkspace,
+    check_branch,
+    resolve_commit,
+)
 from workflows.types import AnalyzeChangesInput, ChangeSet, ServiceSpec
+
+__all__ = ["ChangeActivities", "affected_services", "changed_files", "glob_match", "released_commits"]
 
 log = logging.getLogger(__name__)
 
@@ -27,72 +55,10 @@ TRAILER = "Ferry-Commit"
 # How far back the GitOps history is searched for a release whose app commit still exists.
 MAX_RELEASES_SCANNED = 50
 _REVERTS = re.compile(r"This reverts commit ([0-9a-f]{40})")
-
-
-# --- path globs ---
-
-
-@lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    pat = pattern.strip().removeprefix("./").lstrip("/")
-    if pat.endswith("/"):
-        pat += "**"
-    out: list[str] = []
-    i, n = 0, len(pat)
-    while i < n:
-        c = pat[i]
-        if pat.startswith("**", i):
-            before_ok = i == 0 or pat[i - 1] == "/"
-            after = pat[i + 2 : i + 3]
-            if before_ok and after == "/":
-                out.append("(?:[^/]*/)*")  # `**/`: zero or more whole directories
-                i += 3
-                continue
-            if before_ok and after == "":
-                out.append(".*")  # trailing `**`: everything below
-                i += 2
-                continue
-            out.append("[^/]*")  # `a**b`: just a star, as in gitignore
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[" and (end := pat.find("]", i + 2)) != -1:
-            body = pat[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return re.compile("".join(out))
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """Does repo-relative `path` fall under `pattern`?
-
-    Semantics (gitignore-like, but always anchored at the repository root): `*` and `?` never cross `/`;
-    `**/` matches zero or more directories, a trailing `/**` everything below, `[abc]`/`[!abc]` classes;
-    a trailing `/` means "this directory". A pattern that matches a parent directory owns everything in it,
-    so `services/api` and `services/api/**` are the same. Unlike gitignore, `*.md` matches top-level files
-    only: ownership globs should say where they apply. PurePosixPath.match is not used because before
-    Python 3.13 it has no `**` and matches from the right.
-    """
-    rx = _glob_regex(pattern)
-    parts = path.strip("/").split("/")
-    return any(rx.fullmatch("/".join(parts[:k])) for k in range(len(parts), 0, -1))
+ENGINES = ("auto", "paths", "bazel")
 
 
 # --- ownership ---
-
-
-def _summary(files: list[str]) -> str:
-    more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
-    return f"changed: {files[0]}{more}"
 
 
 def affected_services(services: list[ServiceSpec], changed: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -100,34 +66,9 @@ def affected_services(services: list[ServiceSpec], changed: list[str]) -> tuple[
 
     A service or library is affected when one of its globs matches a changed file; then every service that
     depends on an affected one, transitively. Libraries propagate but are not deployable, so only
-    kind == "service" names are returned.
+    kind == "service" names are returned. No global paths: see PathGraphEngine for those.
     """
-    by_name = {s.name: s for s in services}
-    reason: dict[str, str] = {}
-    for svc in sorted(services, key=lambda s: s.name):
-        owned = [f for f in changed if any(glob_match(p, f) for p in svc.paths)]
-        if owned:
-            reason[svc.name] = _summary(owned)
-    # Breadth-first over "who depends on me": the reason names the shortest chain back to a real change.
-    dependents: dict[str, list[str]] = {}
-    for svc in services:
-        for dep in svc.depends_on:
-            dependents.setdefault(dep, []).append(svc.name)
-    queue = deque(sorted(reason))
-    origin = {name: (name, reason[name]) for name in reason}  # name -> (root changed, its reason)
-    chain: dict[str, list[str]] = {name: [] for name in reason}
-    while queue:
-        current = queue.popleft()
-        for dependent in sorted(dependents.get(current, [])):
-            if dependent in chain or dependent not in by_name:
-                continue
-            chain[dependent] = [current, *chain[current]]
-            origin[dependent] = origin[current]
-            root, root_reason = origin[current]
-            reason[dependent] = f"depends on {' -> '.join(chain[dependent])} ({root_reason})"
-            queue.append(dependent)
-    affected = sorted(n for n in reason if by_name[n].kind == "service")
-    return affected, {n: reason[n] for n in affected}
+    return PathGraphEngine.from_services(services, global_paths=()).affected(changed)
 
 
 # --- git ---
@@ -214,11 +155,101 @@ def changed_files(repo: git.Repo, base: str, commit: str) -> list[str]:
     return sorted({p for p in out.split("\0") if p})
 
 
-class ChangeActivities:
-    """Change analysis over the worker's clone cache."""
+def read_manifests(repo: git.Repo, commit: str) -> list[Package]:
+    """Packages declared at `commit` by a root services.yaml and every */ferry-package.yaml.
 
-    def __init__(self, workspace: GitWorkspace) -> None:
+    Listed with one `git ls-tree` and read with one `git cat-file --batch`, so ten thousand manifests cost
+    two git processes, not ten thousand.
+    """
+    listing = repo.git.ls_tree("-r", "--name-only", "-z", commit)
+    paths = [
+        p
+        for p in listing.split("\0")
+        if (p in (SERVICES_FILE, PACKAGE_MANIFEST) or p.endswith("/" + PACKAGE_MANIFEST)) and "\n" not in p
+    ]
+    if not paths:
+        return []
+    request = "".join(f"{commit}:{p}\n" for p in paths).encode()
+    try:
+        out = subprocess.run(
+            ["git", "cat-file", "--batch"],
+            cwd=repo.git_dir,
+            input=request,
+            capture_output=True,
+            check=True,
+            env={**os.environ, **GIT_ENV},
+            timeout=DEFAULT_TIMEOUT,
+        ).stdout
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise retryable(f"git: read package manifests at {commit[:12]}: {e}") from None
+    packages: list[Package] = []
+    pos = 0
+    for path in paths:
+        header_end = out.index(b"\n", pos)
+        header = out[pos:header_end].split()
+        pos = header_end + 1
+        if len(header) != 3:  # "<name> missing": a submodule entry, say; nothing to read
+            continue
+        size = int(header[2])
+        text = out[pos : pos + size].decode("utf-8", errors="replace")
+        pos += size + 1
+        if header[1] != b"blob":
+            continue
+        if path == SERVICES_FILE:
+            packages.extend(parse_services_file(text, path))
+        else:
+            packages.append(parse_package_manifest(path, text))
+    return packages
+
+
+def has_bazel_workspace(repo: git.Repo, commit: str) -> bool:
+    """Does the commit have a WORKSPACE / WORKSPACE.bazel / MODULE.bazel at its root?"""
+    return bool(repo.git.ls_tree("--name-only", commit, "--", *WORKSPACE_FILES).strip())
+
+
+def checkout(repo: git.Repo, commit: str) -> Path:
+    """The clone's worktree at exactly `commit` (Bazel reads files, not git objects); returns its path.
+
+    Safe under the clone's lock: analysis only reads objects, and a GitOps move uses another clone.
+    """
+    repo.git.checkout("--force", "--quiet", "--detach", commit)
+    repo.git.clean("-ffdxq")
+    return Path(repo.working_tree_dir or repo.git_dir)
+
+
+class ChangeActivities:
+    """Change analysis over the worker's clone cache.
+
+    `bazel` runs bazel query for the Bazel engine; by default `bazel` from PATH with its output next to
+    the clone cache (`<workspace root>/../bazel`).
+    """
+
+    def __init__(self, workspace: GitWorkspace, bazel: BazelRunner | None = None) -> None:
         self.workspace = workspace
+        self.bazel = bazel or BazelRunner(output_user_root=workspace.root.parent / "bazel")
+
+    def engine(self, repo: git.Repo, inp: AnalyzeChangesInput, commit: str) -> tuple[ChangeEngine, PathGraphEngine]:
+        """The engine the input asks for at this commit, and the path graph (the fallback of `auto`)."""
+        if inp.engine not in ENGINES:
+            raise fatal(
+                f"change analysis engine {inp.engine!r} is unknown: use one of {', '.join(ENGINES)} "
+                "(change_analysis.engine in ferry.yaml)",
+                BAD_REQUEST,
+            )
+        try:
+            packages = read_manifests(repo, commit) if inp.package_manifests else []
+            graph = PathGraphEngine.from_services(inp.services, packages, inp.global_paths)
+        except ManifestError as e:
+            raise fatal(
+                f"change analysis: {e} (at commit {commit[:12]} of {inp.repo_url}); fix the manifest and push",
+                BAD_REQUEST,
+            ) from None
+        choice = inp.engine
+        if choice == "auto":
+            choice = "bazel" if has_bazel_workspace(repo, commit) and self.bazel.available() else "paths"
+        if choice == "paths":
+            return graph, graph
+        return BazelEngine(checkout(repo, commit), graph, self.bazel), graph
 
     @activity.defn(name="changes.analyze")
     async def analyze(self, inp: AnalyzeChangesInput) -> ChangeSet:
@@ -237,7 +268,14 @@ class ChangeActivities:
             commit = resolve_commit(repo, inp.commit, inp.repo_url)
             base = _choose_base(repo, inp, commit, released)
             files = changed_files(repo, base, commit)
-            affected, reasons = affected_services(inp.services, files)
+            engine, graph = self.engine(repo, inp, commit)
+            try:
+                affected, reasons = engine.affected(files)
+            except ApplicationError as e:
+                if inp.engine != "auto" or engine is graph:
+                    raise
+                log.warning("bazel failed on %s, using the path graph instead: %s", commit[:12], e.message)
+                affected, reasons = graph.affected(files)
             author = repo.commit(commit).author  # for the four-eyes rule at gates
             return ChangeSet(
                 base_commit=base,

@@ -28,6 +28,7 @@ ARTIFACT_MISSING = "ArtifactMissing"
 BROKEN_KUSTOMIZATION = "BrokenKustomization"
 BAD_COMMIT = "BadCommit"
 NOT_CONFIGURED = "NotConfigured"
+NON_MONOTONIC_MOVE = "NonMonotonicMove"  # an environment would go back to an older app commit
 
 
 def fatal(message: str, type: str, **details: object) -> ApplicationError:

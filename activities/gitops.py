@@ -5,11 +5,17 @@ Deploying is a commit: Argo CD syncs the environment's folder at that commit. Fe
 wrote it), writes trailers that tell later releases what is deployed (`Ferry-Commit:` is the base of the
 next change analysis), and pushes with a bounded rebase-and-retry when someone else pushed meanwhile.
 Running a move twice makes one commit: the second run finds the pins in place and returns that commit.
+
+Environments only move forward: given the app repo, a move to an app commit that is an ancestor of the one
+the environment runs (its newest `Ferry-Commit:` trailer) is refused as NonMonotonicMove, so an older
+build never lands over a newer one however the releases race. Going back is `ferry rollback`, an explicit
+move that names who asked and why in a `Ferry-Rollback:` trailer.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 from pathlib import Path
@@ -18,10 +24,28 @@ from typing import Any
 import git
 import yaml
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from activities.errors import BAD_REQUEST, BROKEN_KUSTOMIZATION, NOT_FOUND, fatal, retryable
-from activities.gitrepo import GIT_ENV, GitWorkspace, check_branch, classify_git_error, fetch, redact
-from workflows.types import GitOpsMoveInput, GitOpsMoveResult, ImagePin
+from activities.changes import released_commits
+from activities.errors import (
+    BAD_COMMIT,
+    BAD_REQUEST,
+    BROKEN_KUSTOMIZATION,
+    NON_MONOTONIC_MOVE,
+    NOT_FOUND,
+    fatal,
+    retryable,
+)
+from activities.gitrepo import (
+    GIT_ENV,
+    GitWorkspace,
+    check_branch,
+    classify_git_error,
+    fetch,
+    redact,
+    resolve_commit,
+)
+from workflows.types import DeployedInput, DeployedRevision, GitOpsMoveInput, GitOpsMoveResult, ImagePin
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +167,38 @@ def commit_message(inp: GitOpsMoveInput) -> str:
         return " ".join(value.split())  # a newline in a value must not forge a trailer
 
     images = "\n".join(f"{p.name}: {p.new_name}@{p.digest}" for p in sorted(inp.images, key=lambda p: p.name))
+    verb = "rollback to release" if inp.rollback else "release"
+    rollback = (
+        f"Ferry-Rollback: {one_line(inp.requested_by)}: {one_line(inp.rollback_comment)}\n" if inp.rollback else ""
+    )
     return (
-        f"{one_line(inp.environment)}: release {one_line(inp.release_id)}\n\n"
+        f"{one_line(inp.environment)}: {verb} {one_line(inp.release_id)}\n\n"
         f"{images or '(no images)'}\n\n"
         f"Ferry-Release: {one_line(inp.release_id)}\n"
         f"Ferry-Commit: {one_line(inp.app_commit)}\n"
         f"Ferry-Environment: {one_line(inp.environment)}\n"
+        f"{rollback}"
     )
 
 
+def _validate_place(environment: str, branch: str, path: str) -> None:
+    check_branch(branch)
+    parts = Path(path).parts
+    if not path.strip("/") or Path(path).is_absolute() or ".." in parts:
+        raise fatal(f"environment {environment}: path {path!r} must be a folder inside the repo", BAD_REQUEST)
+
+
 def _validate(inp: GitOpsMoveInput) -> None:
-    check_branch(inp.branch)
-    parts = Path(inp.path).parts
-    if not inp.path.strip("/") or Path(inp.path).is_absolute() or ".." in parts:
-        raise fatal(f"environment {inp.environment}: path {inp.path!r} must be a folder inside the repo", BAD_REQUEST)
+    _validate_place(inp.environment, inp.branch, inp.path)
+    if inp.rollback:
+        hint = f"ferry rollback {inp.environment} --to RELEASE --comment '...'"
+        if not inp.rollback_comment.strip():
+            raise fatal(
+                f"rollback of {inp.environment}: a comment saying why is required ({hint}); nothing was moved",
+                BAD_REQUEST,
+            )
+        if not inp.requested_by.strip():
+            raise fatal(f"rollback of {inp.environment}: who asked for it is required ({hint})", BAD_REQUEST)
     seen: dict[str, str] = {}
     for pin in inp.images:
         if not pin.name or not pin.new_name:
@@ -167,7 +209,65 @@ def _validate(inp: GitOpsMoveInput) -> None:
             raise fatal(f"image {pin.name} is pinned twice to different digests in one move", BAD_REQUEST)
 
 
-# --- the activity ---
+# --- monotonic environments ---
+
+
+def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    """`git merge-base --is-ancestor`: exit 0 yes, 1 no; anything else is a real git failure."""
+    try:
+        repo.git.merge_base("--is-ancestor", older, newer)
+    except git.GitCommandError as e:
+        if e.status == 1:
+            return False
+        raise
+    return True
+
+
+def check_forward(repo: git.Repo, inp: GitOpsMoveInput, running: str) -> None:
+    """Refuse (NonMonotonicMove) when `inp.app_commit` is a strict ancestor of `running` in the app repo.
+
+    Only a provable step back is refused. Commits on diverged lines (a hotfix branch, a release branch,
+    a feature branch deployed to testbed) are not ordered by ancestry, and either may rightly replace the
+    other, so they pass. A running commit the app repo no longer has (history rewritten since) cannot be
+    ordered either: the move passes with a warning rather than blocking every release for good. A requested
+    commit the repo lacks cannot be an ancestor of anything in it, so it passes the same way.
+    """
+    url = inp.app_repo_url
+    try:
+        current = resolve_commit(repo, running, url)
+        requested = resolve_commit(repo, inp.app_commit, url)
+    except ApplicationError as e:
+        if e.type != BAD_COMMIT:
+            raise
+        log.warning(
+            "gitops: %s: cannot order %s and %s in %s: %s",
+            inp.environment,
+            running[:12],
+            inp.app_commit[:12],
+            redact(url),
+            e,
+        )
+        return
+    if requested == current or not _is_ancestor(repo, requested, current):
+        return
+    env = inp.environment
+    raise fatal(
+        f"environment {env} runs app commit {current[:12]}; {requested[:12]} (release {inp.release_id}) is an "
+        f"ancestor of it, so this move would deploy older code over newer: refused, nothing was committed. "
+        f"To go back on purpose run `ferry rollback {env} --to {inp.release_id} --comment '<why>'`",
+        NON_MONOTONIC_MOVE,
+        environment=env,
+        running_commit=current,
+        requested_commit=requested,
+    )
+
+
+def _checks_ancestry(inp: GitOpsMoveInput) -> bool:
+    # An explicit rollback goes back on purpose; no app repo means a release recorded before the check.
+    return bool(inp.app_repo_url) and not inp.rollback
+
+
+# --- the activities ---
 
 
 class GitOpsActivities:
@@ -191,18 +291,64 @@ class GitOpsActivities:
         """Pin `inp.images` in `<path>/kustomization.yaml` with one pushed commit; a no-op when already pinned.
 
         Returns the commit whose tree holds the pins: the one pushed now, or the branch head when nothing
-        had to change (a retry after a push whose answer was lost lands here too).
+        had to change (a retry after a push whose answer was lost lands here too). With `app_repo_url` set
+        (and no `rollback`), a move to an ancestor of the app commit the environment runs is refused as
+        NonMonotonicMove before anything is written.
         """
         _validate(inp)
-        return await self.workspace.run(
-            inp.repo_url, lambda repo: self._move(repo, inp), what=f"move {inp.environment}"
+        checked = ""  # the running app commit that check_forward has passed
+        for _ in range(self.max_push_attempts):
+            # The ancestry check needs the app repo's clone, which is not taken while holding the GitOps
+            # clone: read what runs, check it under the app repo's lock, then move only if it still runs.
+            outcome = await self.workspace.run(
+                inp.repo_url, functools.partial(self._move, inp=inp, checked=checked), what=f"move {inp.environment}"
+            )
+            if isinstance(outcome, GitOpsMoveResult):
+                return outcome
+            running = outcome
+            await self.workspace.run(
+                inp.app_repo_url,
+                lambda repo, running=running: check_forward(repo, inp, running),
+                what=f"check {inp.environment} moves forward",
+            )
+            checked = running
+        raise retryable(
+            f"gitops: {inp.environment} kept moving to other app commits while this move was checked; "
+            "Temporal retries the move"
         )
 
-    def _move(self, repo: git.Repo, inp: GitOpsMoveInput) -> GitOpsMoveResult:
+    @activity.defn(name="gitops.deployed")
+    async def deployed(self, inp: DeployedInput) -> DeployedRevision:
+        """The app commit an environment runs (newest `Ferry-Commit:` on its path) and the branch head.
+
+        Read-only, so running it twice gives the same answer while nobody moves the environment.
+        """
+        _validate_place(inp.environment, inp.branch, inp.path)
+
+        def read(repo: git.Repo) -> DeployedRevision:
+            released = released_commits(repo, inp.branch, inp.path)
+            try:
+                head = repo.git.rev_parse("--verify", "--quiet", f"origin/{inp.branch}^{{commit}}").strip()
+            except git.GitCommandError:
+                head = ""  # an empty GitOps repo: nothing deployed anywhere yet
+            return DeployedRevision(
+                environment=inp.environment, app_commit=released[0] if released else "", gitops_commit=head
+            )
+
+        return await self.workspace.run(inp.repo_url, read, what=f"read what {inp.environment} runs")
+
+    def _move(self, repo: git.Repo, inp: GitOpsMoveInput, checked: str) -> GitOpsMoveResult | str:
+        """One move; or, when the ancestry check applies and the environment runs a commit other than
+        `checked`, that commit (nothing written) for the caller to check first."""
         for attempt in range(1, self.max_push_attempts + 1):
             if attempt > 1:
                 fetch(repo, inp.repo_url, self.workspace.timeout)
             head = self._reset(repo, inp)
+            if _checks_ancestry(inp):
+                released = released_commits(repo, inp.branch, inp.path)
+                running = released[0] if released else ""
+                if running and running != checked and running != inp.app_commit.lower():
+                    return running
             file = self._kustomization(repo, inp)
             where = f"{redact(inp.repo_url)}@{head[:12]}:{file.relative_to(repo.working_tree_dir).as_posix()}"
             try:

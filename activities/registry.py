@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from activities.argocd import ArgoCDActivities
+from activities.bazel import BazelRunner
 from activities.buildkite import BuildkiteActivities
 from activities.changes import ChangeActivities
 from activities.gitops import GitOpsActivities
@@ -27,6 +28,7 @@ from activities.rancher import RancherActivities
 from activities.sonarqube import SonarQubeActivities
 from activities.supply_chain import CosignActivities, PolicyActivities
 from activities.tekton import TektonActivities
+from activities.terraform import TerraformActivities
 from common.config import FerryConfig
 
 # Activities of each system that belong to each site: the rest of a class's methods run elsewhere.
@@ -65,6 +67,10 @@ class SiteActivities:
             functions.append(cosign.verify)
             if site == "onprem":
                 functions.append(cosign.sign)
+        if any(ws.site == site for ws in cfg.provisioning.workspaces.values()):
+            terraform = TerraformActivities.from_config(cfg, site)
+            functions += [terraform.inspect, terraform.init, terraform.plan, terraform.apply]
+            functions += [terraform.output, terraform.drift]
         if conf.rancher is not None:
             rancher = RancherActivities.from_config(cfg, site, transport=transport)
             functions += [rancher.import_cluster, rancher.install_app]
@@ -75,8 +81,19 @@ class SiteActivities:
             closers.append(argocd)
         if site == "onprem":
             workspace = GitWorkspace(Path(cfg.workdir).expanduser() / "git")
-            functions.append(ChangeActivities(workspace).analyze)
-            functions.append(GitOpsActivities(workspace).move)
+            bazel = cfg.change_analysis.bazel
+            runner = BazelRunner(
+                bazel.binary,
+                output_user_root=Path(cfg.workdir).expanduser() / "bazel",
+                startup_flags=bazel.startup_flags,
+                query_flags=bazel.query_flags,
+                batch=bazel.batch,
+                max_idle_secs=bazel.max_idle_secs,
+                timeout=bazel.timeout_seconds,
+            )
+            functions.append(ChangeActivities(workspace, runner).analyze)
+            gitops = GitOpsActivities(workspace)
+            functions += [gitops.move, gitops.deployed]
             functions.append(PipelineActivities().render)
             if conf.tekton is not None:
                 tekton = TektonActivities.from_config(cfg, site, transport=transport)

@@ -147,6 +147,34 @@ class Workspace(_Model):
     apps: dict[str, PlatformApp] = Field(default_factory=dict, description="platform services for its clusters")
 
 
+class BazelSettings(_Model):
+    """How the onprem worker runs `bazel query` for the Bazel change-analysis engine."""
+
+    binary: str = "bazel"
+    startup_flags: list[str] = Field(default_factory=list)
+    query_flags: list[str] = Field(
+        default_factory=list, description="e.g. --override_repository=rules_cc=/opt/stubs/rules_cc for offline hosts"
+    )
+    batch: bool = False
+    max_idle_secs: int | None = None
+    timeout_seconds: float = Field(default=900, gt=0)
+
+
+class ChangeAnalysis(_Model):
+    """How a commit's changed files map to services."""
+
+    engine: Literal["auto", "paths", "bazel"] = Field(
+        default="paths", description="auto: Bazel when the commit has a Bazel workspace and bazel is installed"
+    )
+    global_paths: list[str] | None = Field(
+        default=None, description="files whose change marks every service (default: root build files, CI config)"
+    )
+    package_manifests: bool = Field(
+        default=False, description="also read services.yaml and */ferry-package.yaml manifests at the commit"
+    )
+    bazel: BazelSettings = BazelSettings()
+
+
 class Provisioning(_Model):
     """Terraform workspaces of both domains, their gate, and drift detection."""
 
@@ -364,6 +392,7 @@ class FerryConfig(_Model):
     signing: Signing = Signing()
     notifications: Notifications = Notifications()
     provisioning: Provisioning = Provisioning()
+    change_analysis: ChangeAnalysis = ChangeAnalysis()
     workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
 
     @field_validator("sites")

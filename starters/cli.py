@@ -123,6 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--save", help="also write the fetched history to this JSON file")
     rp.add_argument("--json", action="store_true")
 
+    rb = sub.add_parser(
+        "rollback",
+        help="put an environment back on an earlier release (audited)",
+        description="Move ENV back to the images of an earlier release, past the forward-only check, with a "
+        "comment recorded in the audit and in the GitOps commit (Ferry-Rollback trailer).",
+    )
+    rb.add_argument("environment")
+    rb.add_argument("--to", required=True, metavar="RELEASE", help="release id (shop-<sha12>), SHA or workflow id")
+    rb.add_argument("--comment", required=True, help="why; kept in the audit and the Ferry-Rollback trailer")
+    who = rb.add_mutually_exclusive_group()
+    who.add_argument("--as", dest="as_user", help="who (only where approvals.allow_as_flag is true)")
+    who.add_argument("--from-buildkite", action="store_true", help="identity of the block step's unblocker")
+    rb.add_argument("--wait", action="store_true", help="follow the rollback to its end")
+    rb.add_argument("--json", action="store_true")
+
+    pv = sub.add_parser("provision", help="Terraform workspaces of both domains, Rancher import, platform apps")
+    pva = pv.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    pp = pva.add_parser("plan", help="plan workspaces (no apply); shows what would change")
+    pp.add_argument("workspaces", nargs="+", metavar="WORKSPACE")
+    pp.add_argument("--json", action="store_true")
+    pa = pva.add_parser(
+        "apply",
+        help="plan and apply workspaces; a plan that destroys or replaces waits for `ferry approve provision/WS "
+        "--stage apply`",
+    )
+    pa.add_argument("workspaces", nargs="+", metavar="WORKSPACE")
+    pa.add_argument("--auto-approve", action="store_true", help="no gate for plans that neither destroy nor replace")
+    pa.add_argument("--wait", action="store_true", help="follow to the end; exit 1 unless applied")
+    pa.add_argument("--json", action="store_true")
+    ps = pva.add_parser("status", help="last provisioning and drift check of each workspace")
+    ps.add_argument("workspace", nargs="?")
+    ps.add_argument("--json", action="store_true")
+    pd = pva.add_parser("drift-schedule", help="create or update the periodic drift check of every workspace")
+    pd.add_argument("--json", action="store_true")
+
     sb = sub.add_parser("sandbox", help="the embedded platform: Temporal dev server, stand-ins, repos, workers")
     sba = sb.add_subparsers(dest="action", required=True)
     up = sba.add_parser("up", help="start it (a no-op if it is up)")
@@ -167,6 +202,20 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await release_cmds.retry(cfg, args)
     if args.command == "replay":
         return await replay.replay(cfg, args)
+    if args.command == "rollback":
+        from starters import rollback_cmds
+
+        return await rollback_cmds.rollback(cfg, args)
+    if args.command == "provision":
+        from starters import provision_cmds
+
+        action = {
+            "plan": provision_cmds.plan,
+            "apply": provision_cmds.apply,
+            "status": provision_cmds.status,
+            "drift-schedule": provision_cmds.schedule_drift,
+        }[args.action]
+        return await action(cfg, args)
     raise CommandError(f"unknown command {args.command}")
 
 

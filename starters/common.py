@@ -53,7 +53,7 @@ def workflow_id_for(cfg: FerryConfig, ref: str) -> str:
     """Accept a workflow id, a release id (`shop-<sha12>`) or a commit SHA (12+ hex chars)."""
     ref = ref.strip()
     repo = cfg.repos.app.short_name
-    if ref.startswith("release/"):
+    if ref.startswith(("release/", "provision/", "rollback/", "branch/")):
         return ref
     if ref.startswith(f"{repo}-") and SHORT_SHA.match(ref[len(repo) + 1 :]):
         return release_workflow_id(repo, ref[len(repo) + 1 :])

@@ -87,6 +87,7 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "changes.analyze",
         "pipeline.render",
         "gitops.move",
+        "gitops.deployed",
         "tekton.run",
         "tekton.cancel",
         "sonarqube.quality_gate",

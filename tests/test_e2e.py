@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -301,3 +302,29 @@ async def test_unsigned_image_is_refused_before_staging(e2e: E2E) -> None:
     failed = await e2e.status(commit)
     assert failed.error.startswith("deploy:staging") and "no signature" in failed.error
     assert e2e.gitops_commits(rid) == [f"testbed: release {rid}"]
+
+
+async def test_drift_schedule_reports_state_changed_behind_terraforms_back(e2e: E2E) -> None:
+    from starters.provision_cmds import last_drift
+
+    applied = e2e.ferry("provision", "apply", "tf-cloud", "--wait")
+    assert applied.code == 0, applied.out + applied.err
+    workspace = e2e.cfg.provisioning.workspaces["tf-cloud"].path
+    terraform = [e2e.cfg.provisioning.terraform.binary]
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1"}
+    listed = subprocess.run([*terraform, "state", "list"], cwd=workspace, env=env, capture_output=True, text=True)
+    victim = listed.stdout.split()[0]
+    subprocess.run([*terraform, "state", "rm", victim], cwd=workspace, env=env, check=True, capture_output=True)
+
+    assert e2e.ferry("provision", "drift-schedule").code == 0
+    await e2e.client.get_schedule_handle("drift/tf-cloud").trigger()
+    for _ in range(300):
+        drift = await last_drift(e2e.client, "tf-cloud")
+        if drift is not None:
+            break
+        await asyncio.sleep(0.2)
+    assert drift is not None and drift.drifted and drift.summary is not None
+    assert victim in drift.summary.adds  # Terraform would create again what it no longer tracks
+    assert any(m["ferry"]["event"] == "drift" and "tf-cloud" in m["text"] for m in e2e.webhook_messages())
+    status = e2e.ferry("provision", "status", "tf-cloud")
+    assert status.code == 0 and "drift" in status.out.lower()

@@ -68,6 +68,7 @@ class TerraformInput:
     workspace: WorkspaceSpec
     plan_id: str = ""
     plan_checksum: str = ""
+    notify_queue: str = ""  # drift checks: the task queue of the worker that sends webhook notifications
 
 
 @dataclass

@@ -111,6 +111,9 @@ class ReleasePlan:
     freeze_override_members: list[str] = field(default_factory=list)
     notify: bool = False
     sign_images: bool = False
+    change_engine: str = "paths"
+    global_paths: list[str] | None = None
+    package_manifests: bool = False
 
 
 # --- workflow inputs and outputs ---

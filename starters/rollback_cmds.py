@@ -1,0 +1,178 @@
+"""`ferry rollback ENV --to RELEASE --comment TEXT [--as USER | --from-buildkite] [--wait] [--json]`.
+
+Environments only move forward on their own; this is the deliberate way back. The CLI reads the target
+release's commit and images from that release's `status` (a workflow cannot query another workflow), then
+starts the Rollback workflow, which decides whether the requester may do it (a refusal is audited there, so
+every attempt leaves a trace) and performs the GitOps move and the Argo CD sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from common.config import FerryConfig
+from common.plan import build_plan
+from starters.common import FAILED, OK, CommandError, client_for, existing_handle, print_json, workflow_id_for
+from workflows.release import ReleaseWorkflow
+from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+from workflows.types import Artifact, ReleaseStatus, RollbackInput, RollbackStatus
+
+# How long the CLI waits, without --wait, for the workflow to accept or refuse the rollback.
+DECISION_SECONDS = 30.0
+
+
+def identity_from_args(cfg: FerryConfig, args: argparse.Namespace) -> tuple[str, str, list[str], str]:
+    """(user, email, teams, channel) of the requester, from where it can be trusted.
+
+    --from-buildkite takes the unblocker of the build's block step (BUILDKITE_UNBLOCKER*), as `ferry approve`
+    does. BUILDKITE_BUILD_CREATOR is not used: for webhook builds Buildkite sets it from the (unverified)
+    commit (environment_variables.yaml in ../shared/specs/buildkite), so anyone could claim to be anyone.
+    """
+    if args.from_buildkite:
+        env = os.environ
+        name, email = env.get("BUILDKITE_UNBLOCKER", ""), env.get("BUILDKITE_UNBLOCKER_EMAIL", "")
+        if not (name or email):
+            raise CommandError(
+                "--from-buildkite: BUILDKITE_UNBLOCKER is not set; run the rollback in a step after a block step"
+            )
+        teams = [t for t in env.get("BUILDKITE_UNBLOCKER_TEAMS", "").split(":") if t]
+        return email or name, email, teams, "buildkite"
+    if not cfg.approvals.allow_as_flag:
+        raise CommandError(
+            "this ferry.yaml takes identities from Buildkite only (approvals.allow_as_flag is false): run "
+            "`ferry rollback ... --from-buildkite` in a step after a block step"
+        )
+    user = args.as_user or os.environ.get("FERRY_USER") or os.environ.get("USER", "")
+    if not user:
+        raise CommandError("who is rolling back? pass --as USER (or set FERRY_USER)")
+    return user, "", [], "cli"
+
+
+def artifacts_of(cfg: FerryConfig, status: ReleaseStatus) -> list[Artifact]:
+    """The images a release built: its CI result, or (if absent) its digests mapped to configured images."""
+    if status.ci is not None and status.ci.artifacts:
+        return list(status.ci.artifacts)
+    return [
+        Artifact(service=s, repository=cfg.services[s].image or s, digest=d)
+        for s, d in sorted(status.digests.items())
+        if s in cfg.services
+    ]
+
+
+async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namespace) -> RollbackInput:
+    """Validate the arguments and read the target release into a RollbackInput."""
+    env = args.environment
+    if env not in cfg.environments:
+        raise CommandError(f"unknown environment '{env}'; ferry.yaml defines {', '.join(cfg.environments)}")
+    comment = (args.comment or "").strip()
+    if not comment:
+        raise CommandError("a rollback needs --comment saying why; it is kept in the audit and the GitOps commit")
+    user, email, teams, channel = identity_from_args(cfg, args)
+    target_id = workflow_id_for(cfg, args.to)
+    handle = await existing_handle(client, target_id)
+    target: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+    ran = next((e for e in target.environments if e.name == env), None)
+    if ran is None or ran.state != "deployed":
+        state = ran.state if ran else "not part of it"
+        raise CommandError(
+            f"release {target.release_id} never completed a deployment to {env} ({env}: {state}); a rollback "
+            f"returns {env} to a release it ran. `ferry list` shows recent releases"
+        )
+    artifacts = artifacts_of(cfg, target)
+    if not artifacts:
+        raise CommandError(f"release {target.release_id} built no images; nothing to roll {env} back to")
+    return RollbackInput(
+        environment=env,
+        target_release_id=target.release_id,
+        target_commit=target.commit,
+        artifacts=artifacts,
+        comment=comment,
+        requested_by=user,
+        plan=build_plan(cfg),
+        email=email,
+        teams=teams,
+        channel=channel,
+    )
+
+
+async def rollback(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Start (or find the running) rollback; report its refusal at once; with --wait follow it to the end."""
+    client = await client_for(cfg)
+    inp = await rollback_input(cfg, client, args)
+    wf_id = rollback_workflow_id(inp.plan.app_repo, inp.environment, inp.target_commit)
+    started = True
+    try:
+        handle = await client.start_workflow(RollbackWorkflow.run, inp, id=wf_id, task_queue=inp.plan.onprem_queue)
+    except WorkflowAlreadyStartedError:
+        started = False
+        handle = client.get_workflow_handle_for(RollbackWorkflow.run, wf_id)
+    if not args.json:
+        verb = "started" if started else "is already running; following it"
+        print(f"rollback of {inp.environment} to {inp.target_release_id} ({inp.target_commit[:12]}) {verb}")
+        print(f"  workflow {wf_id}")
+    status = await follow(handle, until_decided=not args.wait, verbose=not args.json)
+    if args.json:
+        print_json({"workflow_id": wf_id, "started": started, "status": status})
+    else:
+        print(render(status))
+    if status.outcome in ("refused", "failed"):
+        return FAILED
+    return OK
+
+
+async def follow(
+    handle: WorkflowHandle, *, until_decided: bool, verbose: bool, poll: float = 0.5, timeout: float | None = None
+) -> RollbackStatus:
+    """Poll `status`: until the workflow has accepted or refused (`until_decided`), or until it ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (timeout if timeout is not None else DECISION_SECONDS if until_decided else 1e9)
+    last = ""
+    while True:
+        desc = await handle.describe()
+        try:
+            status: RollbackStatus = await handle.query(RollbackWorkflow.status)
+        except RPCError as e:
+            # A query before the workflow's first task completed is refused by some servers: ask again.
+            if e.status != RPCStatusCode.FAILED_PRECONDITION or loop.time() > deadline:
+                raise
+            await asyncio.sleep(poll)
+            continue
+        if verbose and status.stage != last and status.stage != "starting":
+            print(f"  -> {status.stage}", flush=True)
+            last = status.stage
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return status
+        if until_decided and status.stage != "starting":
+            return status
+        if loop.time() > deadline:
+            raise CommandError(f"{handle.id} has not started; is the onprem worker running? (ferry status)", FAILED)
+        await asyncio.sleep(poll)
+
+
+def render(status: RollbackStatus) -> str:
+    """Human summary: outcome, from and to, who and why, the GitOps commit and the apps."""
+    to = f"{status.target_release_id} ({status.target_commit[:12]})"
+    if status.outcome == "refused":
+        return f"refused: {status.error}"
+    if status.outcome == "failed":
+        return f"rollback of {status.environment} to {to} FAILED: {status.error}"
+    lines = []
+    if status.outcome == "running":
+        lines.append(f"rollback of {status.environment} to {to} accepted; at stage {status.stage}")
+    else:
+        lines.append(f"{status.environment} rolled back to {to}")
+    for a in status.audit:
+        origin = a.from_commit[:12] or "(nothing recorded)"
+        lines.append(f"  {a.at}  {a.action} by {a.user} via {a.channel}: from {origin} to {a.to_commit[:12]}")
+        lines.append(f'    "{a.comment}"')
+    if status.gitops_commit:
+        lines.append(f"  gitops commit {status.gitops_commit[:12]}")
+    for app, state in sorted(status.apps.items()):
+        lines.append(f"  {app}: {state}")
+    return "\n".join(lines)

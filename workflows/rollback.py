@@ -1,0 +1,229 @@
+"""The Rollback workflow: put one environment back on an earlier release's images, on purpose and on record.
+
+GitOps moves only go forward (an ancestor of the running app commit is refused by `gitops.move`); going back
+is this workflow, started by `ferry rollback ENV --to RELEASE --comment TEXT`. It checks that the requester
+may roll that environment back, reads what the environment runs now (the "from" of the audit), confirms the
+images are still in the environment's Harbor, moves the environment with `rollback=True` (the GitOps commit
+carries a `Ferry-Rollback: <who>: <comment>` trailer) and syncs Argo CD at that commit. The audit entry (who,
+when, environment, from, to, comment) stays in the `status` query, refusals included.
+
+Freeze windows do not hold a rollback back: it is the incident's way out, and it is audited instead.
+Deterministic: no I/O, time from `workflow.now()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows import search
+    from workflows.ci import failure_message
+    from workflows.options import activity_options
+    from workflows.types import (
+        ArgoSyncInput,
+        ArgoSyncResult,
+        ArtifactRef,
+        DeployedInput,
+        DeployedRevision,
+        EnvironmentSpec,
+        GitOpsMoveInput,
+        GitOpsMoveResult,
+        ImagePin,
+        RollbackAuditEntry,
+        RollbackInput,
+        RollbackStatus,
+    )
+
+ROLLBACK_FAILED = "RollbackFailed"
+
+
+def rollback_workflow_id(repo: str, environment: str, commit: str) -> str:
+    """`rollback/{repo}/{env}/{sha12}`: one rollback of an environment to a commit at a time."""
+    return f"rollback/{repo}/{environment}/{commit[:12]}"
+
+
+def may_roll_back(inp: RollbackInput, env: EnvironmentSpec) -> bool:
+    """Who may put `env` back: whoever may decide its gate, and release managers everywhere.
+
+    Release managers are the members of `approvals.freeze_override_groups` (the plan's
+    `freeze_override_members`): the people already trusted to move an environment against the calendar.
+    An ungated environment (testbed) has no group of its own, so any member of any gate group may.
+    """
+    plan = inp.plan
+    ids = {inp.requested_by, inp.email} - {""}
+    if ids & set(plan.freeze_override_members):
+        return True
+    relevant = [g for g in plan.gates if g.name == env.gate] if env.gate else plan.gates
+    for gate in relevant:
+        if any(ids & set(gate.members.get(group, [])) for group in gate.groups):
+            return True
+        if gate.trust_teams and set(inp.teams) & set(gate.groups):
+            return True
+    return False
+
+
+def refusal(inp: RollbackInput) -> str | None:
+    """Why this rollback must not run, or None. Pure, so the CLI and tests can ask it too."""
+    env = next((e for e in inp.plan.environments if e.name == inp.environment), None)
+    if env is None:
+        known = ", ".join(e.name for e in inp.plan.environments)
+        return f"no environment '{inp.environment}' in ferry.yaml (environments: {known})"
+    if not inp.requested_by.strip():
+        return "who is rolling back? an identity is required (--as USER or --from-buildkite)"
+    if not inp.comment.strip():
+        return "a rollback needs --comment saying why; it is kept in the audit and the GitOps commit"
+    if env.gate and env.gate not in {g.name for g in inp.plan.gates}:
+        return f"environment '{env.name}' waits on gate '{env.gate}', which ferry.yaml does not define"
+    if not may_roll_back(inp, env):
+        who = f"the {env.gate} gate's groups" if env.gate else "a gate group"
+        return f"{inp.requested_by} may not roll back {env.name}: not a member of {who} or a release manager"
+    if not inp.artifacts:
+        return f"release {inp.target_release_id} built no images; there is nothing to roll {env.name} back to"
+    specs = {s.name: s for s in inp.plan.services}
+    missing = [a.service for a in inp.artifacts if env.name not in getattr(specs.get(a.service), "argocd_apps", {})]
+    if missing:
+        return f"service(s) {', '.join(missing)} have no Argo CD application for {env.name} in ferry.yaml"
+    return None
+
+
+@workflow.defn(name="Rollback")
+class RollbackWorkflow:
+    """Rolls one environment back to a release's images, after checking who asks; audited in `status`."""
+
+    @workflow.init
+    def __init__(self, inp: RollbackInput) -> None:
+        self._inp = inp
+        self._status = RollbackStatus(
+            environment=inp.environment,
+            target_release_id=inp.target_release_id,
+            target_commit=inp.target_commit,
+            requested_by=inp.requested_by,
+        )
+
+    @workflow.query
+    def status(self) -> RollbackStatus:
+        """Stage, outcome, from and to commits, the GitOps commit, Argo CD apps and the audit."""
+        return dataclasses.replace(self._status, audit=list(self._status.audit), apps=dict(self._status.apps))
+
+    @workflow.run
+    async def run(self, inp: RollbackInput) -> RollbackStatus:
+        """Roll back, or end `refused` with the reason audited; fails with RollbackFailed if a step fails."""
+        workflow.upsert_search_attributes([search.COMMIT_SHA.value_set(inp.target_commit)])
+        if reason := refusal(inp):
+            self._audit("refused", reason=reason)
+            self._status.outcome = "refused"
+            self._status.error = reason
+            self._enter("refused", f"rollback of {inp.environment} refused: {reason}")
+            return self.status()
+        env = next(e for e in inp.plan.environments if e.name == inp.environment)
+        try:
+            await self._roll_back(inp, env)
+        except (ActivityError, ApplicationError) as e:
+            stage = self._status.stage
+            self._status.outcome = "failed"
+            self._status.error = f"{stage}: {failure_message(e)}"
+            if not any(a.action == "rolled-back" for a in self._status.audit):
+                self._audit("failed", reason=self._status.error)
+            self._enter(f"failed:{stage}", f"FAILED at {stage}: {failure_message(e)}")
+            raise ApplicationError(self._status.error, type=ROLLBACK_FAILED, non_retryable=True) from e
+        self._status.outcome = "succeeded"
+        self._enter("done", f"{env.name} rolled back to {inp.target_release_id} ({inp.target_commit[:12]})")
+        return self.status()
+
+    async def _roll_back(self, inp: RollbackInput, env: EnvironmentSpec) -> None:
+        plan = inp.plan
+        onprem = activity_options(plan.activities, plan.onprem_queue)
+        site = activity_options(plan.activities, env.task_queue)
+        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
+
+        self._enter("read", f"reading what {env.name} runs")
+        deployed: DeployedRevision = await workflow.execute_activity(
+            "gitops.deployed",
+            DeployedInput(
+                repo_url=plan.gitops_repo_url, branch=plan.gitops_branch, environment=env.name, path=env.path
+            ),
+            result_type=DeployedRevision,
+            **onprem,
+        )
+        self._status.from_commit = deployed.app_commit
+
+        if env.site != "onprem":
+            # The target's images were replicated when it was released; a registry clean-up may have removed
+            # them since. Better to stop here than to move GitOps to images the cluster cannot pull.
+            self._enter("confirm", f"confirming {len(inp.artifacts)} image(s) in {env.site} Harbor")
+            for art in inp.artifacts:
+                await workflow.execute_activity(
+                    "harbor.confirm",
+                    ArtifactRef(
+                        instance=env.site, project=env.harbor_project, repository=art.repository, digest=art.digest
+                    ),
+                    result_type=ArtifactRef,
+                    **site,
+                )
+
+        self._enter("move", f"moving {env.name} back to {inp.target_commit[:12]}")
+        move: GitOpsMoveResult = await workflow.execute_activity(
+            "gitops.move",
+            GitOpsMoveInput(
+                repo_url=plan.gitops_repo_url,
+                branch=plan.gitops_branch,
+                environment=env.name,
+                path=env.path,
+                images=[
+                    ImagePin(
+                        name=a.repository,
+                        new_name=f"{env.harbor_registry}/{env.harbor_project}/{a.repository}",
+                        digest=a.digest,
+                    )
+                    for a in inp.artifacts
+                ],
+                release_id=inp.target_release_id,
+                app_commit=inp.target_commit,
+                app_repo_url=plan.app_repo_url,
+                rollback=True,
+                rollback_comment=inp.comment,
+                requested_by=inp.requested_by,
+            ),
+            result_type=GitOpsMoveResult,
+            **onprem,
+        )
+        self._status.gitops_commit = move.commit
+        self._audit("rolled-back")
+
+        specs = {s.name: s for s in plan.services}
+        apps = sorted({specs[a.service].argocd_apps[env.name] for a in inp.artifacts})
+        self._enter("sync", f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
+        for app in apps:
+            synced: ArgoSyncResult = await workflow.execute_activity(
+                "argocd.sync",
+                ArgoSyncInput(instance=env.site, app=app, revision=move.commit),
+                result_type=ArgoSyncResult,
+                **site_waits,
+            )
+            self._status.apps[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+
+    # --- bookkeeping ---
+
+    def _audit(self, action: str, reason: str = "") -> None:
+        inp = self._inp
+        self._status.audit.append(
+            RollbackAuditEntry(
+                environment=inp.environment,
+                user=inp.requested_by,
+                action=action,
+                channel=inp.channel,
+                at=workflow.now().isoformat(),
+                from_commit=self._status.from_commit,
+                to_commit=inp.target_commit,
+                comment=inp.comment,
+                reason=reason,
+            )
+        )
+
+    def _enter(self, stage: str, details: str) -> None:
+        self._status.stage = stage
+        workflow.set_current_details(details)
+        workflow.upsert_search_attributes([search.RELEASE_STAGE.value_set(f"rollback:{stage}")])
