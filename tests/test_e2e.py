@@ -3,6 +3,7 @@ real git repositories. Each test pushes its own commit to the example monorepo."
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -16,6 +17,7 @@ from e2e import E2E, start_sandbox
 from temporalio.client import WorkflowFailureError
 
 from sandbox.repos import commit_change, log, read_file_at
+from workflows.coordinator import BranchCoordinator
 
 pytestmark = pytest.mark.e2e
 
@@ -328,3 +330,45 @@ async def test_drift_schedule_reports_state_changed_behind_terraforms_back(e2e: 
     assert any(m["ferry"]["event"] == "drift" and "tf-cloud" in m["text"] for m in e2e.webhook_messages())
     status = e2e.ferry("provision", "status", "tf-cloud")
     assert status.code == 0 and "drift" in status.out.lower()
+
+
+async def test_storm_of_20_commits_releases_the_newest_and_cancels_or_skips_the_rest(e2e: E2E) -> None:
+    from starters.release_cmds import release_input_from_args, submit_commit
+
+    commits = [e2e.commit({"services/web/storm.txt": f"{i}\n"}, f"web: storm {i}") for i in range(20)]
+    for commit in commits:  # pushed back to back, as a busy branch does
+        args = argparse.Namespace(
+            from_buildkite=False, commit=commit, branch="main", message="storm", repo=None, base=None, service=[]
+        )
+        await submit_commit(e2e.client, release_input_from_args(e2e.cfg, args))
+    newest = commits[-1]
+    await e2e.wait_started(newest)
+    await e2e.wait_stage(newest, "gate:staging", timeout=180)
+
+    assert (
+        e2e.kustomization("testbed")["images"]
+        and e2e.pinned("testbed", "web") == (await e2e.status(newest)).digests["web"]
+    )
+    coordinator = e2e.client.get_workflow_handle_for(BranchCoordinator.run, "branch/shop/main")
+    queue = await coordinator.query(BranchCoordinator.status)
+    skipped = {e.commit: e.by for e in queue.recent if e.state == "skipped"}
+    ci_completed, superseded = 0, {}
+    for commit in commits[:-1]:
+        if commit in skipped:
+            assert skipped[commit] in commits, "skipped for a commit of the storm"
+            continue
+        status = await e2e.status(commit)
+        ci_completed += status.ci is not None
+        assert status.outcome == "superseded" and status.superseded_by in commits, (commit, status.outcome)
+        superseded[commit] = status.superseded_by
+    assert ci_completed + 1 <= 2  # the newest plus at most one that finished CI before it was superseded
+    assert len(skipped) + len(superseded) == 19
+    # Superseded runs were cancelled on the cluster too.
+    for commit in superseded:
+        runs = e2e.api(
+            "tekton", f"/apis/tekton.dev/v1/namespaces/ci/pipelineruns?labelSelector=ferry.dev/commit={commit[:12]}"
+        )
+        for run in runs.json()["items"]:
+            condition = run["status"]["conditions"][0]
+            assert condition["status"] == "True" or condition["reason"] == "Cancelled", condition
+    assert e2e.ferry("reject", e2e.release_id(newest), "--stage", "staging", "--as", "quinn").code == 0
