@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-STANDINS = (
-    "harbor-onprem",
-    "harbor-cloud",
-    "argocd-onprem",
-    "argocd-cloud",
-    "sonarqube",
-    "tekton",
-    "buildkite",
-    "rancher",
-    "kube",
-)
+from sandbox.standins.world import NAMES
+
+# The stand-ins' names, in port order (18101, 18102, ...).
+STANDINS = NAMES
 ENVIRONMENTS = ("testbed", "staging", "production")
 
 # The demo's approvers: QA decides staging, the release manager decides production.
