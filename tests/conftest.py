@@ -33,9 +33,13 @@ def temporal_cli() -> str:
     return _binary("temporal")
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="module")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
-    """One time-skipping test server for the session, with Ferry's search attributes registered."""
+    """A time-skipping test server per test module, with Ferry's search attributes registered.
+
+    Per module, not per session: workflows a module leaves parked (with timers, and no worker left to run
+    them) would otherwise stop the server from skipping time for the next module.
+    """
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=_binary("temporal-test-server"))
