@@ -11,6 +11,9 @@ earlier gate of the same release, may be forbidden). Deterministic: time comes f
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
+
+from temporalio import workflow
 
 from workflows.types import AuditEntry, Decision, GateSpec, GateStatus
 
@@ -185,3 +188,45 @@ class Gates:
     def decided(self, stage: str) -> bool:
         """True once the gate of `stage` is approved, rejected or expired."""
         return self.status[stage].state in ("approved", "rejected", "expired")
+
+
+class GateHandlers:
+    """The `approve` / `reject` Updates (validated) and the `decide` Signal (refusals audited), for every
+    workflow with gates: Release and Provision answer the same CLI (`ferry approve`) and Temporal UI.
+
+    The workflow sets `self._gates` and keeps its current stage in `self._status.stage`.
+    """
+
+    _gates: Gates
+    _status: Any
+
+    @workflow.update
+    def approve(self, decision: Decision) -> GateStatus:
+        """Approve the gate named by `decision.stage` (validated: group, four-eyes, waiting now)."""
+        decision.approve = True
+        return self._gates.apply(decision, workflow.now())
+
+    @approve.validator
+    def _validate_approve(self, decision: Decision) -> None:
+        if reason := self._gates.refusal(decision, self._status.stage):
+            raise ValueError(reason)
+
+    @workflow.update
+    def reject(self, decision: Decision) -> GateStatus:
+        """Reject the gate: the run ends as `rejected`, with who and why in its status."""
+        decision.approve = False
+        return self._gates.apply(decision, workflow.now())
+
+    @reject.validator
+    def _validate_reject(self, decision: Decision) -> None:
+        if reason := self._gates.refusal(decision, self._status.stage):
+            raise ValueError(reason)
+
+    @workflow.signal
+    def decide(self, decision: Decision) -> None:
+        """The same decision as a Signal (Temporal UI, `temporal workflow signal`); refusals are audited."""
+        decision.channel = "signal"
+        if reason := self._gates.refusal(decision, self._status.stage):
+            self._gates.refuse(decision, reason, workflow.now())
+            return
+        self._gates.apply(decision, workflow.now())

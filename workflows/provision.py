@@ -32,7 +32,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.ci import failure_message
-    from workflows.gates import Gates
+    from workflows.gates import GateHandlers, Gates
     from workflows.provision_types import (
         ApplyResult,
         DriftResult,
@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         TerraformInput,
         WorkspaceSpec,
     )
-    from workflows.types import Decision, GateSpec, GateStatus, Notification
+    from workflows.types import GateSpec, GateStatus, Notification
 
 PROVISION_FAILED = "ProvisionFailed"
 APPLY = "apply"  # the gate's stage name: `ferry approve provision/<ws> --stage apply`
@@ -96,7 +96,7 @@ def _rancher_options(task_queue: str) -> dict:
 
 
 @workflow.defn(name="Provision")
-class ProvisionWorkflow:
+class ProvisionWorkflow(GateHandlers):
     """Provisions one workspace: the plan a person approved is the plan applied, and a crash resumes."""
 
     @workflow.init
@@ -116,37 +116,6 @@ class ProvisionWorkflow:
         return dataclasses.replace(
             self._status, gate_state=gate.state, decided_by=gate.decided_by, audit=list(self._gates.audit)
         )
-
-    @workflow.update
-    def approve(self, decision: Decision) -> GateStatus:
-        """Approve the waiting plan (validated: the approver must be in the provisioning gate's groups)."""
-        decision.approve = True
-        return self._gates.apply(decision, workflow.now())
-
-    @approve.validator
-    def _validate_approve(self, decision: Decision) -> None:
-        if reason := self._gates.refusal(decision, self._status.stage):
-            raise ValueError(reason)
-
-    @workflow.update
-    def reject(self, decision: Decision) -> GateStatus:
-        """Reject the waiting plan: nothing is applied and the run ends as `rejected`."""
-        decision.approve = False
-        return self._gates.apply(decision, workflow.now())
-
-    @reject.validator
-    def _validate_reject(self, decision: Decision) -> None:
-        if reason := self._gates.refusal(decision, self._status.stage):
-            raise ValueError(reason)
-
-    @workflow.signal
-    def decide(self, decision: Decision) -> None:
-        """The same decision as a Signal (Temporal UI); refusals are kept in the audit."""
-        decision.channel = "signal"
-        if reason := self._gates.refusal(decision, self._status.stage):
-            self._gates.refuse(decision, reason, workflow.now())
-            return
-        self._gates.apply(decision, workflow.now())
 
     # --- the run ---
 

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search
     from workflows.ci import CIWorkflow, failure_message
     from workflows.freeze import active_freeze
-    from workflows.gates import Gates
+    from workflows.gates import GateHandlers, Gates
     from workflows.options import activity_options
     from workflows.types import (
         ArgoSyncInput,
@@ -28,12 +28,10 @@ with workflow.unsafe.imports_passed_through():
         ArtifactRef,
         CIInput,
         CIResult,
-        Decision,
         E2EInput,
         E2EResult,
         EnvironmentSpec,
         EnvironmentStatus,
-        GateStatus,
         GitOpsMoveInput,
         GitOpsMoveResult,
         ImagePin,
@@ -67,7 +65,7 @@ def ci_workflow_id(repo: str, commit: str) -> str:
 
 
 @workflow.defn(name="Release")
-class ReleaseWorkflow:
+class ReleaseWorkflow(GateHandlers):
     """Promotes one commit through every environment, waiting on gates, auditable at each step."""
 
     @workflow.init
@@ -101,42 +99,11 @@ class ReleaseWorkflow:
         """Stage, services, digests, gates with decisions, environments, timings and the audit."""
         return dataclasses.replace(self._status, gates=list(self._gates.status.values()), audit=list(self._gates.audit))
 
-    @workflow.update
-    def approve(self, decision: Decision) -> GateStatus:
-        """Open the gate named by `decision.stage` (validated: the approver must be in its group)."""
-        decision.approve = True
-        return self._gates.apply(decision, workflow.now())
-
-    @approve.validator
-    def _validate_approve(self, decision: Decision) -> None:
-        if reason := self._gates.refusal(decision, self._status.stage):
-            raise ValueError(reason)
-
-    @workflow.update
-    def reject(self, decision: Decision) -> GateStatus:
-        """Reject the gate: the release ends as `rejected` with the rejector and comment in `status`."""
-        decision.approve = False
-        return self._gates.apply(decision, workflow.now())
-
-    @reject.validator
-    def _validate_reject(self, decision: Decision) -> None:
-        if reason := self._gates.refusal(decision, self._status.stage):
-            raise ValueError(reason)
-
     @workflow.signal
     def supersede(self, order: Supersede) -> None:
         """From the branch coordinator: a newer commit replaces this release (in CI, or waiting at a gate)."""
         if self._superseded is None:
             self._superseded = order
-
-    @workflow.signal
-    def decide(self, decision: Decision) -> None:
-        """The same decision as a Signal (Temporal UI, `temporal workflow signal`); refusals are audited."""
-        decision.channel = "signal"
-        if reason := self._gates.refusal(decision, self._status.stage):
-            self._gates.refuse(decision, reason, workflow.now())
-            return
-        self._gates.apply(decision, workflow.now())
 
     # --- the run ---
 
