@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from workflows import search
     from workflows.ci import CIWorkflow, failure_message
+    from workflows.environments import argocd_apps, image_pins
     from workflows.freeze import active_freeze
     from workflows.gates import GateHandlers, Gates
     from workflows.options import activity_options
@@ -34,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         EnvironmentStatus,
         GitOpsMoveInput,
         GitOpsMoveResult,
-        ImagePin,
         Notification,
         PolicyCheckInput,
         PolicyCheckResult,
@@ -315,7 +315,6 @@ class ReleaseWorkflow(GateHandlers):
         onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
         site_waits = activity_options(plan.activities, env.task_queue, waits=True)
         env_status = next(s for s in self._status.environments if s.name == env.name)
-        specs = {s.name: s for s in plan.services}
 
         if env.site != "onprem" and not self._replicated(env.site):
             self._enter(f"replicate:{env.site}", f"replicating {len(ci.artifacts)} image(s) to {env.site}")
@@ -354,14 +353,7 @@ class ReleaseWorkflow(GateHandlers):
                 branch=plan.gitops_branch,
                 environment=env.name,
                 path=env.path,
-                images=[
-                    ImagePin(
-                        name=a.repository,
-                        new_name=f"{env.harbor_registry}/{env.harbor_project}/{a.repository}",
-                        digest=a.digest,
-                    )
-                    for a in ci.artifacts
-                ],
+                images=image_pins(env, ci.artifacts),
                 release_id=inp.release_id,
                 app_commit=inp.commit,
                 app_repo_url=plan.app_repo_url,  # refuse a move back to an ancestor (replay-safe: input data)
@@ -371,7 +363,7 @@ class ReleaseWorkflow(GateHandlers):
         )
         env_status.gitops_commit = move.commit
         env_status.state = "syncing"
-        apps = sorted({specs[a.service].argocd_apps[env.name] for a in ci.artifacts})
+        apps = argocd_apps(plan, env, ci.artifacts)
         workflow.set_current_details(f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
         for app in apps:
             synced: ArgoSyncResult = await workflow.execute_activity(

@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from workflows import search
     from workflows.ci import failure_message
+    from workflows.environments import argocd_apps, image_pins
     from workflows.options import activity_options
     from workflows.types import (
         ArgoSyncInput,
@@ -31,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         EnvironmentSpec,
         GitOpsMoveInput,
         GitOpsMoveResult,
-        ImagePin,
         RollbackAuditEntry,
         RollbackInput,
         RollbackStatus,
@@ -172,14 +172,7 @@ class RollbackWorkflow:
                 branch=plan.gitops_branch,
                 environment=env.name,
                 path=env.path,
-                images=[
-                    ImagePin(
-                        name=a.repository,
-                        new_name=f"{env.harbor_registry}/{env.harbor_project}/{a.repository}",
-                        digest=a.digest,
-                    )
-                    for a in inp.artifacts
-                ],
+                images=image_pins(env, inp.artifacts),
                 release_id=inp.target_release_id,
                 app_commit=inp.target_commit,
                 app_repo_url=plan.app_repo_url,
@@ -193,8 +186,7 @@ class RollbackWorkflow:
         self._status.gitops_commit = move.commit
         self._audit("rolled-back")
 
-        specs = {s.name: s for s in plan.services}
-        apps = sorted({specs[a.service].argocd_apps[env.name] for a in inp.artifacts})
+        apps = argocd_apps(plan, env, inp.artifacts)
         self._enter("sync", f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
         for app in apps:
             synced: ArgoSyncResult = await workflow.execute_activity(
