@@ -23,6 +23,8 @@ from temporalio.worker import Worker
 from activities.registry import SiteActivities
 from common.config import SITES, ConfigError, FerryConfig, load_config
 from common.logging import configure_logging
+from common.observability import ActivityLogContext, configure_logging_from, interceptors_for, runtime_for
+from common.observability import shutdown as shutdown_observability
 from common.temporal import connect
 from workflows.ci import CIWorkflow
 from workflows.coordinator import BranchCoordinator
@@ -36,8 +38,14 @@ WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator, RollbackWorkflow, P
 
 
 async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) -> None:
-    """Run the worker of `site` until cancelled (SIGTERM/SIGINT stop it gracefully)."""
-    client = client or await connect(cfg.temporal)
+    """Run the worker of `site` until cancelled (SIGTERM/SIGINT stop it gracefully).
+
+    Without `client`, it connects with the site's observability: Prometheus on `observability.metrics.<site>`
+    and, when enabled, tracing. A given client keeps its own runtime and interceptors.
+    """
+    client = client or await connect(
+        cfg.temporal, runtime=runtime_for(cfg, site), interceptors=interceptors_for(cfg, site)
+    )
     acts = SiteActivities.from_config(cfg, site)
     worker = Worker(
         client,
@@ -45,6 +53,7 @@ async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) 
         workflows=WORKFLOWS if site == "onprem" else [],
         activities=acts.functions,
         graceful_shutdown_timeout=timedelta(seconds=5),
+        interceptors=[ActivityLogContext()],
     )
     log.info("worker started", site=site, task_queue=cfg.task_queue(site), activities=len(acts.functions))
     try:
@@ -52,6 +61,7 @@ async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) 
     finally:
         await acts.aclose()
         log.info("worker stopped", site=site)
+        shutdown_observability()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ferry worker: {e}", file=sys.stderr)
         return 2
+    configure_logging_from(cfg)
 
     async def _run() -> None:
         task = asyncio.create_task(run_worker(cfg, args.site))
@@ -78,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except ConfigError as e:  # e.g. an encryption key that is missing or malformed, found when connecting
+        print(f"ferry worker: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,6 +29,7 @@ from workflows.types import ArgoSyncInput, ArgoSyncResult
 SYNCED = "Synced"
 HEALTHY = "Healthy"
 DEGRADED = "Degraded"
+MISSING = "Missing"
 OPERATION_ACTIVE = frozenset({"Running", "Terminating"})
 OPERATION_FAILED = frozenset({"Failed", "Error"})
 OPERATION_SUCCEEDED = "Succeeded"
@@ -155,6 +156,10 @@ class ArgoCDActivities(SiteClients[ArgoCDClient, Endpoint]):
         driven by the rollouts activities, not here. Only Degraded after the sync at our revision fails.
         `revision` must be a full commit SHA (what gitops.move returns): Argo CD reports resolved SHAs in
         status.sync.revision, so a branch name or short SHA would never compare equal.
+
+        `wait_healthy=False` (an app whose Argo Rollouts the rollouts activities follow): done once Synced at
+        the revision with the sync operation Succeeded, whatever the health except Degraded (fails as above)
+        and Missing (the resources are not there yet: keep waiting).
         """
         client = self._client(inp.instance, "argocd.sync")
         first = _App(await client.get_app(inp.app, refresh=True))
@@ -196,6 +201,8 @@ class ArgoCDActivities(SiteClients[ArgoCDClient, Endpoint]):
                         "Argo CD; fix forward or roll back the GitOps commit",
                         APPLICATION_DEGRADED,
                     )
+                if not inp.wait_healthy and app.health != MISSING and app.phase in (OPERATION_SUCCEEDED, ""):
+                    return done(app)  # "" : synced there without any recorded operation
                 return None  # Progressing / Missing / Suspended / Unknown: see the docstring
             if requested and app.phase == OPERATION_SUCCEEDED and app.operation_revision == inp.revision:
                 return None  # our sync finished; the comparison has not caught up yet

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import subprocess
+from datetime import UTC
 from pathlib import Path
 
 import git
@@ -276,7 +277,8 @@ class ChangeActivities:
                     raise
                 log.warning("bazel failed on %s, using the path graph instead: %s", commit[:12], e.message)
                 affected, reasons = graph.affected(files)
-            author = repo.commit(commit).author  # for the four-eyes rule at gates
+            info = repo.commit(commit)
+            author = info.author  # for the four-eyes rule at gates
             return ChangeSet(
                 base_commit=base,
                 commit=commit,
@@ -285,6 +287,7 @@ class ChangeActivities:
                 reasons=reasons,
                 author_name=author.name or "",
                 author_email=author.email or "",
+                committed_at=info.committed_datetime.astimezone(UTC).isoformat(),
             )
 
         return await self.workspace.run(inp.repo_url, analyze, what="analyze changes")

@@ -10,6 +10,10 @@ Environments only move forward: given the app repo, a move to an app commit that
 the environment runs (its newest `Ferry-Commit:` trailer) is refused as NonMonotonicMove, so an older
 build never lands over a newer one however the releases race. Going back is `ferry rollback`, an explicit
 move that names who asked and why in a `Ferry-Rollback:` trailer.
+
+An automatic rollback is `gitops.revert`: a `git revert` of the release's own move commit (so `git log` says
+exactly what was undone and why), made only while the environment still pins that move's images: a newer
+move by anyone else is never reverted.
 """
 
 from __future__ import annotations
@@ -45,7 +49,15 @@ from activities.gitrepo import (
     redact,
     resolve_commit,
 )
-from workflows.types import DeployedInput, DeployedRevision, GitOpsMoveInput, GitOpsMoveResult, ImagePin
+from workflows.types import (
+    DeployedInput,
+    DeployedRevision,
+    GitOpsMoveInput,
+    GitOpsMoveResult,
+    GitOpsRevertInput,
+    GitOpsRevertResult,
+    ImagePin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +193,34 @@ def commit_message(inp: GitOpsMoveInput) -> str:
     )
 
 
+def revert_message(inp: GitOpsRevertInput, reverted: str) -> str:
+    """`git revert`'s own wording (which `released_commits` reads) plus why, and the trailers Ferry reads."""
+
+    def one_line(value: str) -> str:
+        return " ".join(value.split())
+
+    return (
+        f"{one_line(inp.environment)}: revert release {one_line(inp.release_id)}\n\n"
+        f"This reverts commit {reverted}.\n"
+        f"Reason: {one_line(inp.reason)}\n\n"
+        f"Ferry-Reverts: {reverted}\n"
+        f"Ferry-Release: {one_line(inp.release_id)}\n"
+        f"Ferry-Environment: {one_line(inp.environment)}\n"
+        f"Ferry-Rollback: ferry: {one_line(inp.reason)}\n"
+    )
+
+
+def current_pins(text: str) -> dict[str, ImagePin]:
+    """The `images:` pins of a kustomization text by name (entries without a digest are skipped)."""
+    data = yaml.safe_load(text) or {}
+    images = data.get("images") if isinstance(data, dict) else None
+    pins: dict[str, ImagePin] = {}
+    for entry in images or []:
+        if isinstance(entry, dict) and entry.get("name") and entry.get("digest"):
+            pins[entry["name"]] = ImagePin(entry["name"], entry.get("newName") or entry["name"], entry["digest"])
+    return pins
+
+
 def _validate_place(environment: str, branch: str, path: str) -> None:
     check_branch(branch)
     parts = Path(path).parts
@@ -267,6 +307,19 @@ def _checks_ancestry(inp: GitOpsMoveInput) -> bool:
     return bool(inp.app_repo_url) and not inp.rollback
 
 
+def _is_ancestor_safe(repo: git.Repo, older: str, newer: str) -> bool:
+    """Like _is_ancestor, but a commit this clone does not have is simply not an ancestor."""
+    try:
+        return _is_ancestor(repo, older, newer)
+    except git.GitCommandError:
+        return False
+
+
+def _running(repo: git.Repo, branch: str, path: str) -> str:
+    released = released_commits(repo, branch, path)
+    return released[0] if released else ""
+
+
 # --- the activities ---
 
 
@@ -337,19 +390,103 @@ class GitOpsActivities:
 
         return await self.workspace.run(inp.repo_url, read, what=f"read what {inp.environment} runs")
 
+    @activity.defn(name="gitops.revert")
+    async def revert(self, inp: GitOpsRevertInput) -> GitOpsRevertResult:
+        """Revert the move commit `inp.commit` of an environment with one pushed `git revert` commit.
+
+        Nothing is written (`skipped` says why) when a newer commit pins other images for the move's
+        services, or the revert does not apply cleanly: someone else's newer commit always wins. Running it
+        twice makes one revert: the second run finds the `Ferry-Reverts:` trailer and returns that commit.
+        """
+        _validate_place(inp.environment, inp.branch, inp.path)
+        if not re.fullmatch(r"[0-9a-f]{40}", inp.commit):
+            raise fatal(f"gitops revert of {inp.environment}: {inp.commit!r} is not a full commit SHA", BAD_REQUEST)
+        if not inp.reason.strip():
+            raise fatal(f"gitops revert of {inp.environment}: a reason is required", BAD_REQUEST)
+        return await self.workspace.run(
+            inp.repo_url, functools.partial(self._revert, inp=inp), what=f"revert {inp.environment}"
+        )
+
+    def _revert(self, repo: git.Repo, inp: GitOpsRevertInput) -> GitOpsRevertResult:
+        path = inp.path.strip("/")
+        for attempt in range(1, self.max_push_attempts + 1):
+            if attempt > 1:
+                fetch(repo, inp.repo_url, self.workspace.timeout)
+            head = self._reset(repo, inp.branch, inp.repo_url)
+            if not _is_ancestor_safe(repo, inp.commit, head):
+                raise fatal(
+                    f"gitops revert of {inp.environment}: {inp.commit[:12]} is not on branch {inp.branch} of "
+                    f"{redact(inp.repo_url)}; nothing was reverted",
+                    BAD_COMMIT,
+                )
+            file = self._kustomization(repo, inp.path)
+            done = repo.git.log(
+                f"{inp.commit}..{head}", "--format=%H", "--fixed-strings", f"--grep=Ferry-Reverts: {inp.commit}"
+            ).split()
+            if done:
+                return self._reverted(repo, inp, file, commit=done[0], changed=False)
+            pins = current_pins(file.read_text()) if file.is_file() else {}
+            moved_on = [p.name for p in inp.images if pins.get(p.name) != p]
+            if moved_on:
+                newer_sha, _, subject = (
+                    repo.git.log("-1", "--format=%H %s", f"{inp.commit}..{head}", "--", path).strip().partition(" ")
+                )
+                return GitOpsRevertResult(
+                    commit="",
+                    changed=False,
+                    skipped=f"{inp.environment} no longer pins this release's {', '.join(moved_on)}: newer commit "
+                    f"{newer_sha[:12] or '(unknown)'} {subject!r} is never reverted",
+                    app_commit=_running(repo, inp.branch, inp.path),
+                    images=[pins[n] for n in sorted(pins) if n in {p.name for p in inp.images}],
+                )
+            try:
+                repo.git.revert("--no-commit", inp.commit, env=GIT_ENV)
+            except git.GitCommandError as e:
+                repo.git.reset("-q", "--hard")
+                return GitOpsRevertResult(
+                    commit="",
+                    changed=False,
+                    skipped=f"{inp.environment}: {inp.commit[:12]} does not revert cleanly over newer commits "
+                    f"({(e.stderr or '').strip().splitlines()[-1:] or ['conflict']}); nothing was reverted",
+                    app_commit=_running(repo, inp.branch, inp.path),
+                )
+            sha = self._commit(repo, None, revert_message(inp, inp.commit))
+            try:
+                self._push(repo, inp.branch)
+            except _PushRejected:
+                log.info("gitops: %s moved under us (attempt %d); reverting on the new head", inp.branch, attempt)
+                continue
+            return self._reverted(repo, inp, file, commit=sha, changed=True)
+        raise retryable(
+            f"gitops: {inp.environment}: branch {inp.branch} of {redact(inp.repo_url)} kept moving during "
+            f"{self.max_push_attempts} push attempts; Temporal retries the revert"
+        )
+
+    def _reverted(
+        self, repo: git.Repo, inp: GitOpsRevertInput, file: Path, *, commit: str, changed: bool
+    ) -> GitOpsRevertResult:
+        pins = current_pins(repo.git.show(f"{commit}:{file.relative_to(repo.working_tree_dir).as_posix()}"))
+        names = {p.name for p in inp.images}
+        return GitOpsRevertResult(
+            commit=commit,
+            changed=changed,
+            app_commit=_running(repo, inp.branch, inp.path),
+            images=[pins[n] for n in sorted(pins) if n in names],
+        )
+
     def _move(self, repo: git.Repo, inp: GitOpsMoveInput, checked: str) -> GitOpsMoveResult | str:
         """One move; or, when the ancestry check applies and the environment runs a commit other than
         `checked`, that commit (nothing written) for the caller to check first."""
         for attempt in range(1, self.max_push_attempts + 1):
             if attempt > 1:
                 fetch(repo, inp.repo_url, self.workspace.timeout)
-            head = self._reset(repo, inp)
+            head = self._reset(repo, inp.branch, inp.repo_url)
             if _checks_ancestry(inp):
                 released = released_commits(repo, inp.branch, inp.path)
                 running = released[0] if released else ""
                 if running and running != checked and running != inp.app_commit.lower():
                     return running
-            file = self._kustomization(repo, inp)
+            file = self._kustomization(repo, inp.path)
             where = f"{redact(inp.repo_url)}@{head[:12]}:{file.relative_to(repo.working_tree_dir).as_posix()}"
             try:
                 text = file.read_text()
@@ -371,38 +508,40 @@ class GitOpsActivities:
             f"{self.max_push_attempts} push attempts; Temporal retries the move"
         )
 
-    def _reset(self, repo: git.Repo, inp: GitOpsMoveInput) -> str:
+    def _reset(self, repo: git.Repo, branch: str, repo_url: str) -> str:
         """A clean worktree at origin/<branch>, whatever a crashed earlier attempt left; returns its SHA."""
-        remote = f"origin/{inp.branch}"
+        remote = f"origin/{branch}"
         try:
             head = repo.git.rev_parse("--verify", "--quiet", f"{remote}^{{commit}}").strip()
         except git.GitCommandError:
             raise fatal(
-                f"gitops: branch {inp.branch} does not exist in {redact(inp.repo_url)}; check repos.gitops.branch",
+                f"gitops: branch {branch} does not exist in {redact(repo_url)}; check repos.gitops.branch",
                 NOT_FOUND,
             ) from None
         (Path(repo.git_dir) / "index.lock").unlink(missing_ok=True)  # we hold the lock: any lock is stale
         repo.git.reset("-q", "--hard")
         repo.git.clean("-q", "-ffdx")
-        repo.git.checkout("-q", "--force", "-B", inp.branch, head)
+        repo.git.checkout("-q", "--force", "-B", branch, head)
         return head
 
-    def _kustomization(self, repo: git.Repo, inp: GitOpsMoveInput) -> Path:
+    def _kustomization(self, repo: git.Repo, path: str) -> Path:
         root = Path(repo.working_tree_dir or ".")
-        folder = root / inp.path.strip("/")
+        folder = root / path.strip("/")
         for name in KUSTOMIZATION_NAMES:
             if (folder / name).is_file():
                 return folder / name
         return folder / KUSTOMIZATION_NAMES[0]
 
-    def _commit(self, repo: git.Repo, file: Path, message: str) -> str:
+    def _commit(self, repo: git.Repo, file: Path | None, message: str) -> str:
+        """Commit `file` (or what is already staged, for a revert) as Ferry, without hooks or signing."""
         identity = {
             "GIT_AUTHOR_NAME": self.author_name,
             "GIT_AUTHOR_EMAIL": self.author_email,
             "GIT_COMMITTER_NAME": self.author_name,
             "GIT_COMMITTER_EMAIL": self.author_email,
         }
-        repo.git.add("--", str(file))
+        if file is not None:
+            repo.git.add("--", str(file))
         # No hooks and no signing from the worker's own git config: the commit must not depend on them.
         repo.git(c="commit.gpgsign=false").commit("-q", "--no-verify", "-m", message, env={**GIT_ENV, **identity})
         return repo.head.commit.hexsha

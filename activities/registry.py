@@ -3,7 +3,9 @@
 `onprem`: git (change analysis, pipeline rendering, GitOps moves), Tekton, SonarQube, Harbor-OnPrem (scan
 gate, replication, policy check), cosign sign and verify, Argo CD-OnPrem, Buildkite and the notification
 webhook. `cloud`: Harbor-Cloud (confirm a replicated digest, policy check), cosign verify and Argo CD-Cloud.
-A system that a site does not configure is simply not registered there.
+A system that a site does not configure is simply not registered there. Argo Rollouts (`rollouts.wait`,
+`rollouts.promote`, `rollouts.abort`) run on the worker of a site with a `kubernetes` endpoint.
+The issue tracker (`tracker.open_issue`, feedback on a rollback) is registered on `feedback.site`'s worker.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from activities.harbor import HarborActivities
 from activities.notify import NotifyActivities
 from activities.pipeline import PipelineActivities
 from activities.rancher import RancherActivities
+from activities.rollouts import RolloutsActivities
 from activities.sonarqube import SonarQubeActivities
 from activities.supply_chain import CosignActivities, PolicyActivities
 from activities.tekton import TektonActivities
 from activities.terraform import TerraformActivities
+from activities.tracker import TrackerActivities
 from common.config import FerryConfig
 
 # Activities of each system that belong to each site: the rest of a class's methods run elsewhere.
@@ -79,6 +83,11 @@ class SiteActivities:
             argocd = ArgoCDActivities.from_config(cfg, site, transport=transport)
             functions.append(argocd.sync)
             closers.append(argocd)
+        if conf.kubernetes is not None:
+            # The cluster API of the site's Argo Rollouts: follow, promote and abort progressive deliveries.
+            rollouts = RolloutsActivities.from_config(cfg, site, transport=transport)
+            functions += [rollouts.wait, rollouts.promote, rollouts.abort]
+            closers.append(rollouts)
         if site == "onprem":
             workspace = GitWorkspace(Path(cfg.workdir).expanduser() / "git")
             bazel = cfg.change_analysis.bazel
@@ -93,7 +102,7 @@ class SiteActivities:
             )
             functions.append(ChangeActivities(workspace, runner).analyze)
             gitops = GitOpsActivities(workspace)
-            functions += [gitops.move, gitops.deployed]
+            functions += [gitops.move, gitops.deployed, gitops.revert]
             functions.append(PipelineActivities().render)
             if conf.tekton is not None:
                 tekton = TektonActivities.from_config(cfg, site, transport=transport)
@@ -111,6 +120,10 @@ class SiteActivities:
                 bk = BuildkiteActivities.from_config(cfg, site, transport=transport)
                 functions.append(bk.e2e)
                 closers.append(bk)
+        if cfg.feedback.tracker != "none" and cfg.feedback.site == site:
+            tracker = TrackerActivities.from_config(cfg, transport=transport)
+            functions.append(tracker.open_issue)
+            closers.append(tracker)
         return cls(functions, closers)
 
     async def aclose(self) -> None:

@@ -219,6 +219,7 @@ def bench_plan(onprem: str, cloud: str) -> ReleasePlan:
         temporal_address="127.0.0.1:7233",
         ui_url=None,
         workdir="/tmp/ferry-bench-unused",
+        progressive=False,  # the benches measure orchestration of plain syncs; no Rollouts to follow
     )
     cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
     return build_plan(parse_config(cfg))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from temporalio.client import Client  # noqa: E402
 
 from common.config import load_config  # noqa: E402
+from common.temporal import connect  # noqa: E402
 from sandbox.config import default_ports  # noqa: E402
 from sandbox.launcher import Sandbox  # noqa: E402
 from sandbox.repos import commit_change  # noqa: E402
@@ -47,7 +47,7 @@ async def main(n: int, seconds: float) -> None:
     box.up(free_base(), progress=lambda _: None)
     try:
         cfg = load_config(box.config_path)
-        client = await Client.connect(cfg.temporal.address)
+        client = await connect(cfg.temporal)
         commits = [
             commit_change(root / "repos" / "app.git", {"services/web/storm.txt": f"{i}\n"}, f"web: storm {i}")
             for i in range(n)

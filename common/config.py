@@ -114,6 +114,9 @@ class Site(_Model):
     tekton: TektonEndpoint | None = None
     buildkite: BuildkiteEndpoint | None = None
     rancher: Endpoint | None = Field(default=None, description="Rancher API (/v3) that imports this site's clusters")
+    kubernetes: Endpoint | None = Field(
+        default=None, description="Kubernetes API of the cluster running this site's Argo Rollouts (bearer token)"
+    )
 
 
 class TerraformSettings(_Model):
@@ -194,6 +197,32 @@ class TLS(_Model):
     server_name: str | None = None
 
 
+class PayloadEncryption(_Model):
+    """AES-256-GCM encryption of every payload sent to Temporal (common/codec.py); off while `keys` is empty.
+
+    Each key is a secret reference to base64 of 32 random bytes; `active_key` encrypts, all keys decrypt.
+    """
+
+    active_key: str | None = Field(default=None, description="id of the key that encrypts new payloads")
+    keys: dict[str, CredentialRef] = Field(default_factory=dict, description="key id -> secret reference")
+
+    @model_validator(mode="after")
+    def _active_is_known(self) -> PayloadEncryption:
+        if self.keys and self.active_key is None:
+            raise ValueError("give active_key: the id (under keys) of the key that encrypts")
+        if self.active_key is not None and self.active_key not in self.keys:
+            raise ValueError(f"active_key '{self.active_key}' is not under keys")
+        for key_id in self.keys:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", key_id):
+                raise ValueError(f"key id '{key_id}' must be letters, digits, '.', '_' or '-' (at most 64)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when payloads are encrypted."""
+        return bool(self.keys)
+
+
 class TemporalSettings(_Model):
     """How workers and the CLI reach Temporal; TEMPORAL_* environment variables override the file."""
 
@@ -203,6 +232,7 @@ class TemporalSettings(_Model):
     api_key: CredentialRef | None = None
     ui_url: str | None = "http://localhost:8233"
     task_queues: dict[str, str] = Field(default_factory=lambda: {"onprem": "onprem", "cloud": "cloud"})
+    encryption: PayloadEncryption = PayloadEncryption()
 
     @field_validator("task_queues")
     @classmethod
@@ -245,6 +275,9 @@ class Service(_Model):
     image: str | None = Field(default=None, description="repository in the Harbor project, e.g. api")
     sonar_project: str | None = None
     argocd_apps: dict[str, str] = Field(default_factory=dict, description="environment -> Argo CD app")
+    rollouts: dict[str, str] = Field(
+        default_factory=dict, description="environment -> Argo Rollout that runs it there (progressive delivery)"
+    )
 
     @model_validator(mode="after")
     def _image_for_services(self) -> Service:
@@ -274,6 +307,16 @@ class EnvironmentPolicy(_Model):
     require_signature: bool = Field(default=False, description="cosign verify --key before the move")
 
 
+class RolloutPolicy(_Model):
+    """How the Argo Rollouts of an environment are driven: where they live and who promotes their pauses."""
+
+    namespace: str | None = Field(default=None, description="namespace of the environment's Rollouts")
+    promotion: Literal["auto", "approval"] = Field(
+        default="auto", description="auto: promote each pause after soak_minutes; approval: on `ferry promote`"
+    )
+    soak_minutes: float = Field(default=5, ge=0, description="auto: how long a pause soaks before the promotion")
+
+
 class Environment(_Model):
     """A deployment target: where its GitOps folder is and which site's Argo CD and Harbor serve it."""
 
@@ -282,6 +325,10 @@ class Environment(_Model):
     gate: str | None = Field(default=None, description="gate that must open before this environment moves")
     e2e: bool = Field(default=False, description="run the Buildkite E2E pipeline after this environment syncs")
     policy: EnvironmentPolicy = EnvironmentPolicy()
+    rollout: RolloutPolicy = RolloutPolicy()
+    auto_rollback: bool = Field(
+        default=True, description="revert this environment's GitOps commit when its verification fails"
+    )
 
 
 class Gate(_Model):
@@ -358,6 +405,67 @@ class Notifications(_Model):
     webhook_url: CredentialRef | None = Field(default=None, description="the URL is a secret: a reference")
 
 
+GITHUB_PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
+GITLAB_PROJECT = re.compile(r"^\d+$|^[\w.-]+(/[\w.-]+)+$")
+DEFAULT_TRACKER_URLS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
+
+
+class Feedback(_Model):
+    """Where a production rollback is reported back to the team: an issue in the app repo's tracker."""
+
+    tracker: Literal["none", "github", "gitlab"] = "none"
+    url: str | None = Field(
+        default=None,
+        description="API base; default https://api.github.com (github) or https://gitlab.com (gitlab, + /api/v4)",
+    )
+    project: str | None = Field(default=None, description="github: owner/repo; gitlab: numeric id or group/project")
+    token: CredentialRef | None = Field(default=None, description="API token: a reference, never the token")
+    site: Literal["onprem", "cloud"] = Field(default="onprem", description="whose worker reaches the tracker")
+    labels: list[str] = Field(
+        default_factory=lambda: ["ferry", "rollback"],
+        min_length=1,
+        description="labels of the issue; the first marks Ferry's issues (looked up before creating one)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+    @field_validator("labels")
+    @classmethod
+    def _plain_labels(cls, v: list[str]) -> list[str]:
+        # GitLab takes labels as one comma-separated string, so a comma would split a label in two.
+        bad = [label for label in v if not label.strip() or "," in label]
+        if bad:
+            raise ValueError(f"labels must be non-empty and contain no comma: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> Feedback:
+        if self.tracker == "none":
+            return self
+        problems = []
+        if self.project is None:
+            problems.append(f"'project' is required with tracker {self.tracker}")
+        elif self.tracker == "github" and not GITHUB_PROJECT.match(self.project):
+            problems.append(f"project '{self.project}' must be owner/repo for github")
+        elif self.tracker == "gitlab" and not GITLAB_PROJECT.match(self.project):
+            problems.append(f"project '{self.project}' must be a numeric id or a group/project path for gitlab")
+        if self.token is None:
+            problems.append(f"'token' (a credential reference) is required with tracker {self.tracker}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def api_url(self) -> str:
+        """The API base URL: the configured one, or the public service's."""
+        return self.url or DEFAULT_TRACKER_URLS.get(self.tracker, "")
+
+
 class Timeouts(_Model):
     """Bounds on activities; a stand-in that stays down fails the release after these, ready for retry."""
 
@@ -373,6 +481,63 @@ class Policy(_Model):
     """Supply-chain defaults."""
 
     block_severity: Severity = "Critical"
+
+
+class LogSettings(_Model):
+    """Worker and CLI log lines; FERRY_LOG_LEVEL / FERRY_LOG_FORMAT override them on one machine."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = Field(default="json", description="json: one JSON object per line")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class TracingSettings(_Model):
+    """OpenTelemetry spans for workflows and activities (needs the `otel` extra installed)."""
+
+    enabled: bool = False
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP collector, e.g. http://otel-collector:4317; default: OTEL_EXPORTER_OTLP_*"
+    )
+    service_name: str = Field(default="ferry", description="service.name of the spans (the site is added)")
+
+
+class Observability(_Model):
+    """Where logs, metrics and traces go (common/observability.py builds them)."""
+
+    logging: LogSettings = LogSettings()
+    metrics: dict[str, str] = Field(
+        default_factory=dict,
+        description="site -> host:port where that site's worker serves Prometheus /metrics (default: off)",
+    )
+    tracing: TracingSettings = TracingSettings()
+
+    @field_validator("metrics")
+    @classmethod
+    def _bind_addresses(cls, v: dict[str, str]) -> dict[str, str]:
+        import ipaddress
+
+        problems = []
+        for site, address in v.items():
+            if site not in SITES:
+                problems.append(f"unknown site '{site}'; sites are {', '.join(SITES)}")
+                continue
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            try:
+                if host != "localhost":
+                    ipaddress.ip_address(host)
+                ok = port.isdigit() and 0 < int(port) < 65536
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"{site}: '{address}' must be ip:port (e.g. 0.0.0.0:9464 or 127.0.0.1:9464)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 class FerryConfig(_Model):
@@ -391,8 +556,10 @@ class FerryConfig(_Model):
     freeze_windows: list[FreezeWindow] = Field(default_factory=list)
     signing: Signing = Signing()
     notifications: Notifications = Notifications()
+    feedback: Feedback = Feedback()
     provisioning: Provisioning = Provisioning()
     change_analysis: ChangeAnalysis = ChangeAnalysis()
+    observability: Observability = Observability()
     workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
 
     @field_validator("sites")
@@ -468,6 +635,42 @@ class FerryConfig(_Model):
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             problems.append(f"services: depends_on cycle {' -> '.join(cycle)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _feedback_site(self) -> FerryConfig:
+        # The plan sends tracker.open_issue to this site's queue: a site nobody runs would leave it unscheduled.
+        if self.feedback.tracker != "none" and self.feedback.site not in self.sites:
+            raise ValueError(f"feedback.site: site '{self.feedback.site}' is not configured under sites")
+        return self
+
+    @model_validator(mode="after")
+    def _rollouts_reachable(self) -> FerryConfig:
+        # A Rollout Ferry cannot reach would leave the release waiting on a cluster no worker can read.
+        problems: list[str] = []
+        for name, svc in self.services.items():
+            if svc.rollouts and svc.kind != "service":
+                problems.append(f"services.{name}.rollouts: a library is not deployed, so it has no Rollout")
+            for env_name, rollout in svc.rollouts.items():
+                where = f"services.{name}.rollouts.{env_name}"
+                env = self.environments.get(env_name)
+                if env is None:
+                    problems.append(f"{where}: unknown environment '{env_name}'")
+                    continue
+                if not rollout:
+                    problems.append(f"{where}: give the Rollout's name")
+                if not env.rollout.namespace:
+                    problems.append(
+                        f"{where}: environment '{env_name}' has no rollout.namespace (where its Rollouts live)"
+                    )
+                site = self.sites.get(env.site)
+                if site is not None and site.kubernetes is None:
+                    problems.append(
+                        f"{where}: sites.{env.site}.kubernetes is not configured (the cluster API that runs the "
+                        f"Rollouts of environment '{env_name}')"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self

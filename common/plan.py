@@ -6,6 +6,8 @@ a new service) never breaks the replay of a release already in flight.
 
 from __future__ import annotations
 
+import os
+
 from common.config import FerryConfig
 from workflows.types import (
     ActivitySettings,
@@ -43,6 +45,11 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
                     for c in env.policy.allow_cves
                 ],
                 require_signature=env.policy.require_signature,
+                rollouts={svc: r for svc, s in cfg.services.items() if (r := s.rollouts.get(name))},
+                rollout_namespace=env.rollout.namespace or "",
+                promotion=env.rollout.promotion,
+                soak_seconds=env.rollout.soak_minutes * 60,
+                auto_rollback=env.auto_rollback,
             )
         )
     t = cfg.timeouts
@@ -104,6 +111,10 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
         replication_policies=dict(onprem_harbor.replication_policies),
         tekton_namespace=tekton.namespace,
         tekton_pipeline=tekton.pipeline,
+        feedback_queue=cfg.task_queue(cfg.feedback.site) if cfg.feedback.tracker != "none" else "",
+        ui_url=cfg.temporal.ui_url or "",
+        # As the CLI connects (common/temporal.py): links must name the namespace the release really runs in.
+        temporal_namespace=os.environ.get("TEMPORAL_NAMESPACE") or cfg.temporal.namespace,
         activities=ActivitySettings(
             attempts=t.activity_attempts,
             start_to_close_seconds=t.activity_start_to_close_seconds,

@@ -8,11 +8,14 @@ file, as the Temporal CLI and SDK environment configuration do.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from common.codec import data_converter
 from common.config import ConfigError, TemporalSettings
 
 
@@ -49,6 +52,17 @@ def connection_args(settings: TemporalSettings) -> dict:
     return {"target_host": address, "namespace": namespace, "api_key": api_key, "tls": tls}
 
 
-async def connect(settings: TemporalSettings) -> Client:
-    """A Temporal client for workers and the CLI."""
-    return await Client.connect(**connection_args(settings))
+async def connect(
+    settings: TemporalSettings, *, runtime: Runtime | None = None, interceptors: Sequence[Interceptor] = ()
+) -> Client:
+    """A Temporal client for workers and the CLI; it encrypts payloads when `temporal.encryption` has keys.
+
+    `runtime` and `interceptors` come from common/observability.py (`runtime_for`, `interceptors_for`): the
+    Prometheus metrics and tracing of a worker; a worker built on this client inherits both.
+    """
+    return await Client.connect(
+        **connection_args(settings),
+        data_converter=data_converter(settings.encryption),
+        runtime=runtime,
+        interceptors=interceptors,
+    )

@@ -20,7 +20,25 @@ def default_ports(base: int = 7233) -> dict[str, int]:
     ports = {"temporal": base, "temporal-ui": base + 1000}
     ports.update({name: 18101 + offset + i for i, name in enumerate(STANDINS)})
     ports["receiver"] = 18151 + offset
+    ports["codec-server"] = 18161 + offset
+    ports.update({f"metrics-{site}": 18171 + offset + i for i, site in enumerate(("onprem", "cloud"))})
     return ports
+
+
+def sandbox_metrics(temporal_address: str) -> dict[str, str]:
+    """`observability.metrics` of the sandbox: each worker's Prometheus on its port of `default_ports`.
+
+    Derived from the Temporal port, so `--port-base` moves them with the rest (and `up` checks they are free).
+    """
+    port = temporal_address.rpartition(":")[2]
+    ports = default_ports(int(port)) if port.isdigit() else default_ports()
+    found = {site: ports[f"metrics-{site}"] for site in ("onprem", "cloud")}
+    return {site: f"127.0.0.1:{p}" for site, p in found.items() if 0 < p < 65536}
+
+
+# The Argo Rollouts of production (infra/gitops/production/rollouts/): service -> Rollout, and their namespace.
+PRODUCTION_ROLLOUTS = {"api": "api", "web": "web"}
+PRODUCTION_NAMESPACE = "shop-production"
 
 
 def example_services() -> dict[str, Any]:
@@ -59,11 +77,24 @@ def sandbox_config(
     replication_policy_id: int = 1,
     signing: dict[str, Any] | None = None,
     webhook_url: dict[str, str] | None = None,
+    progressive: bool = True,
+    soak_minutes: float = 0.05,
+    tracker_url: str | None = None,
+    tracker_token: dict[str, str] | None = None,
+    tracker: str = "github",
+    encryption_key: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference.
 
     With `signing` (the `signing:` section), CI signs images and staging and production require a signature;
-    with `webhook_url` (a credential reference), gates and failures are announced there.
+    with `webhook_url` (a credential reference), gates and failures are announced there; with
+    `encryption_key` (a credential reference), every Temporal payload is encrypted with it (key id `sandbox`).
+
+    With `tracker_url` and `tracker_token` (the sandbox receiver's URL and a credential reference), a production
+    rollback opens an issue there: `tracker` "github" (default) or "gitlab", project acme/shop.
+
+    With `progressive` (default), production's api and web are Argo Rollouts on the cloud cluster (the kube
+    stand-in at /clusters/cloud), promoted automatically after `soak_minutes` at each pause.
     """
     signed = signing is not None
 
@@ -71,7 +102,14 @@ def sandbox_config(
         return {"url": urls[name], "credential": credentials[name], **extra}
 
     return {
-        "temporal": {"address": temporal_address, "namespace": "default", "ui_url": ui_url},
+        "temporal": {
+            "address": temporal_address,
+            "namespace": "default",
+            "ui_url": ui_url,
+            **(
+                {"encryption": {"active_key": "sandbox", "keys": {"sandbox": encryption_key}}} if encryption_key else {}
+            ),
+        },
         "sites": {
             "onprem": {
                 "harbor": endpoint(
@@ -88,10 +126,19 @@ def sandbox_config(
                 "argocd": endpoint("argocd-cloud"),
                 # One Rancher manages both domains; each site's worker imports the clusters it can reach.
                 "rancher": endpoint("rancher"),
+                # The cloud cluster's API (kube stand-in), where Argo CD-Cloud's syncs run the Rollouts.
+                **(
+                    {"kubernetes": {**endpoint("kube"), "url": urls["kube"] + "/clusters/cloud"}} if progressive else {}
+                ),
             },
         },
         "repos": {"app": {"url": app_repo, "name": "shop"}, "gitops": {"url": gitops_repo}},
-        "services": example_services(),
+        "services": {
+            name: {**raw, "rollouts": {"production": PRODUCTION_ROLLOUTS[name]}}
+            if progressive and name in PRODUCTION_ROLLOUTS
+            else raw
+            for name, raw in example_services().items()
+        },
         "environments": {
             "testbed": {"site": "onprem", "path": "testbed", "e2e": True},
             "staging": {
@@ -105,6 +152,11 @@ def sandbox_config(
                 "path": "production",
                 "gate": "production",
                 "policy": {"block_severity": "High", "require_signature": signed},
+                **(
+                    {"rollout": {"namespace": PRODUCTION_NAMESPACE, "promotion": "auto", "soak_minutes": soak_minutes}}
+                    if progressive
+                    else {}
+                ),
             },
         },
         "groups": {"qa": ["quinn", "quentin"], "release-managers": ["rita", "raj"]},
@@ -115,6 +167,11 @@ def sandbox_config(
         "approvals": {"allow_as_flag": True, "freeze_override_groups": ["release-managers"]},
         "signing": signing or {},
         "notifications": {"webhook_url": webhook_url} if webhook_url else {},
+        "feedback": (
+            {"tracker": tracker, "url": tracker_url, "project": "acme/shop", "token": tracker_token, "site": "onprem"}
+            if tracker_url and tracker_token
+            else {}
+        ),
         "timeouts": {
             "activity_attempts": attempts,
             "retry_initial_seconds": 0.2,
@@ -124,4 +181,5 @@ def sandbox_config(
             "poll_seconds": poll_seconds,
         },
         "workdir": workdir,
+        "observability": {"metrics": sandbox_metrics(temporal_address)},
     }

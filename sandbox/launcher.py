@@ -10,6 +10,7 @@ processes and keeps the data, `down --purge` removes it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -159,6 +160,7 @@ class Sandbox:
                 "# faults and failures the stand-ins inject: see README.md or `python -m sandbox.standins --help`\n{}\n"
             )
         tokens = self._tokens()
+        payload_key = self._payload_key()
         state: dict = {"ports": ports, "pids": {}}
         self._save(state)
 
@@ -166,11 +168,26 @@ class Sandbox:
         app_repo, gitops_repo = create_repos(
             self.root / "repos", ROOT / "infra" / "gitops", ROOT / "sandbox" / "example_app"
         )
+        # A GitOps repo kept from an older sandbox may predate production's Rollouts: follow them only if it has them.
+        progressive = (
+            subprocess.run(
+                ["git", "-C", str(gitops_repo), "cat-file", "-e", "main:production/rollouts/kustomization.yaml"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+        if not progressive:
+            progress(
+                "the GitOps repo has no production/rollouts (older sandbox): production deploys without Rollouts "
+                "(`ferry sandbox down --purge` starts afresh)"
+            )
 
         progress(f"starting the Temporal dev server on :{ports['temporal']} (UI :{ports['temporal-ui']})")
         cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(ports["temporal"])]
         cmd += ["--ui-port", str(ports["temporal-ui"]), "--db-filename", str(self.root / "temporal.db")]
         cmd += ["--log-level", "warn"]
+        # The UI (in the browser) decodes the encrypted payloads through the sandbox's codec server.
+        cmd += ["--ui-codec-endpoint", f"http://127.0.0.1:{ports['codec-server']}"]
         for attribute in SEARCH_ATTRIBUTES:
             cmd += ["--search-attribute", attribute]
         state["pids"]["temporal"] = self._spawn("temporal", cmd)
@@ -191,7 +208,13 @@ class Sandbox:
 
         progress(f"starting the webhook receiver on :{ports['receiver']}")
         cmd = [sys.executable, "-m", "sandbox.receiver", "--port", str(ports["receiver"])]
-        state["pids"]["receiver"] = self._spawn("receiver", cmd)
+        # The receiver also stands in for the app's issue tracker (GitHub flavour), behind its own token.
+        tracker_token = self.root / "secrets" / "tracker"
+        if not tracker_token.exists():
+            tracker_token.write_text(secrets.token_urlsafe(24))
+            tracker_token.chmod(0o600)
+        receiver_env = {"FERRY_SANDBOX_TOKEN_TRACKER": tracker_token.read_text().strip()}
+        state["pids"]["receiver"] = self._spawn("receiver", cmd, receiver_env)
         self._save(state)
         _wait("webhook receiver", lambda: _port_open(ports["receiver"]), 30, self.logs / "receiver.log")
 
@@ -218,6 +241,10 @@ class Sandbox:
             replication_policy_id=policy_id,
             signing=signing,
             webhook_url={"file": str(webhook)},
+            progressive=progressive,
+            tracker_url=f"http://127.0.0.1:{ports['receiver']}",
+            tracker_token={"file": str(tracker_token)},
+            encryption_key={"file": str(payload_key)},
         )
         config["provisioning"] = self._provisioning(ports)
         if config["provisioning"]:
@@ -226,10 +253,23 @@ class Sandbox:
         header = "# Written by `ferry sandbox up`; credentials are file references under secrets/.\n"
         self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
+        codec_url = f"http://127.0.0.1:{ports['codec-server']}"
+        progress(f"starting the codec server on {codec_url} (the UI shows decrypted payloads through it)")
+        ui = ports["temporal-ui"]
+        cmd = [sys.executable, "-m", "starters.cli", "--config", str(self.config_path), "codec-server"]
+        cmd += ["--port", str(ports["codec-server"]), "--origin", f"http://127.0.0.1:{ui}"]
+        cmd += ["--origin", f"http://localhost:{ui}"]
+        state["pids"]["codec-server"] = self._spawn("codec-server", cmd)
+        self._save(state)
+        _wait("codec server", lambda: _port_open(ports["codec-server"]), 30, self.logs / "codec-server.log")
+
         for site in ("onprem", "cloud"):
             progress(f"starting the {site} worker")
             self.start_worker(site)
-        progress(f"sandbox up: Temporal UI http://127.0.0.1:{ports['temporal-ui']}  config {self.config_path}")
+        progress(
+            f"sandbox up: Temporal UI http://127.0.0.1:{ports['temporal-ui']}  codec server {codec_url}  "
+            f"config {self.config_path}"
+        )
 
     def _tokens(self) -> dict[str, str]:
         """One random token per stand-in, kept in files that ferry.yaml references (never in the config)."""
@@ -243,6 +283,15 @@ class Sandbox:
                 path.chmod(0o600)
             tokens[name] = path.read_text().strip()
         return tokens
+
+    def _payload_key(self) -> Path:
+        """The AES-256 key that encrypts the sandbox's Temporal payloads (made once, base64, mode 0600)."""
+        path = self.root / "secrets" / "payload-key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(os.urandom(32)).decode())
+        return path
 
     def _provisioning(self, ports: dict[str, int]) -> dict:
         """Terraform workspaces the real CLI runs offline (copies of sandbox/terraform, so their state stays

@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
         d.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser(
+        "promote",
+        help="promote a paused Argo Rollout step of a release (environments with promotion: approval)",
+        description="Promote the paused canary step (or blue-green switch) of the Rollout the release waits on "
+        "in an environment whose rollout.promotion is `approval`. Who may: the members of the environment's gate "
+        "groups and the release managers (approvals.freeze_override_groups). Identity as for `ferry approve`.",
+    )
+    pr.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
+    pr.add_argument("--stage", required=True, help="the environment whose Rollouts are paused, e.g. production")
+    pr.add_argument("--as", dest="as_user", help="who promotes (only where approvals.allow_as_flag is true)")
+    pr.add_argument("--from-buildkite", action="store_true", help="identity of the unblocker of this build")
+    pr.add_argument("--comment", default="", help="kept in the audit")
+    pr.add_argument("--json", action="store_true")
+
     au = sub.add_parser("audit", help="every decision on a release: who, when, gate, channel, comment, refusals")
     au.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
     au.add_argument("--json", action="store_true")
@@ -171,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port-base", type=int, default=7233)
     demo.add_argument("--timeout", type=float, default=300, help="seconds to wait for each stage")
 
+    from starters import report_cmds
+
+    report_cmds.add_parser(sub)
+
+    from starters import codec_server
+
+    codec_server.add_parser(sub)
+
     wk = sub.add_parser("worker", help="run a worker (same as `python worker.py`)")
     wk.add_argument("--site", choices=("onprem", "cloud"), required=True)
     return p
@@ -194,8 +216,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await release_cmds.status(cfg, args)
     if args.command == "audit":
         return await release_cmds.audit(cfg, args)
+    if args.command == "promote":
+        return await release_cmds.promote(cfg, args)
     if args.command == "list":
         return await release_cmds.list_releases(cfg, args)
+    if args.command == "report":
+        from starters import report_cmds
+
+        return await report_cmds.report(cfg, args)
     if args.command == "queue":
         return await release_cmds.queue(cfg, args)
     if args.command == "retry":
@@ -244,6 +272,10 @@ def _sandbox(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ferry` console script."""
     args = build_parser().parse_args(argv)
+    from common.logging import configure_logging
+
+    # Log lines go to stderr as JSON, warnings and up (FERRY_LOG_LEVEL=INFO for more): stdout is the answer.
+    configure_logging(default_level="WARNING")
     try:
         if args.command == "worker":
             import worker
@@ -251,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker.main(["--site", args.site] + (["--config", str(args.config)] if args.config else []))
         if args.command == "sandbox":
             return _sandbox(args)
+        if args.command == "codec-server":
+            from starters import codec_server
+
+            return codec_server.serve(load_config(args.config), args)
         return asyncio.run(_dispatch(args))
     except ConfigError as e:
         print(f"ferry: {e}", file=sys.stderr)
@@ -279,6 +315,9 @@ def entry() -> None:
     abort the process (PyGILState_Release) after the work is done, turning a success into exit -6.
     """
     code = main()
+    from common.observability import shutdown
+
+    shutdown()  # flush spans (tracing on) before the hard exit below
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -35,8 +35,11 @@ class CommandError(Exception):
 
 async def client_for(cfg: FerryConfig) -> Client:
     """Connect to Temporal or fail with UNREACHABLE and the address tried."""
+    from common.observability import interceptors_for
+
     try:
-        return await connect(cfg.temporal)
+        # With tracing on, a release started here gets its StartWorkflow span: the workers' spans hang under it.
+        return await connect(cfg.temporal, interceptors=interceptors_for(cfg))
     except RuntimeError as e:
         raise CommandError(
             f"cannot reach Temporal at {cfg.temporal.address} ({e}); is the server up? (sandbox: `ferry sandbox up`)",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from types import SimpleNamespace
 
 import httpx
 import yaml
@@ -19,6 +18,7 @@ from sandbox.config import DEMO_USERS
 from sandbox.launcher import Sandbox, default_dir
 from sandbox.repos import commit_change, read_file_at
 from starters import release_cmds
+from starters.cli import build_parser
 from starters.common import FAILED, OK, CommandError, client_for
 from workflows.release import ReleaseWorkflow, release_workflow_id
 from workflows.types import ReleaseStatus
@@ -51,18 +51,11 @@ async def run(args: argparse.Namespace) -> int:
     ferry = f"ferry --config {sandbox.config_path}"
     _say(f"\n[git] pushed {commit[:12]} to {app_repo} (changes services/{SERVICE} only)")
     _say(f"$ {ferry} release start --commit {commit} --branch main")
-    start_args = SimpleNamespace(
-        from_buildkite=False,
-        commit=commit,
-        branch="main",
-        message=f"{SERVICE}: demo change",
-        repo=None,
-        base=None,
-        service=[],
-        json=False,
-        wait=False,
+    # Through the CLI's own parser, so the demo starts a release exactly as the command would.
+    start_args = build_parser().parse_args(
+        ["release", "start", "--commit", commit, "--branch", "main", "--message", f"{SERVICE}: demo change"]
     )
-    await release_cmds.start(cfg, start_args)  # type: ignore[arg-type]
+    await release_cmds.start(cfg, start_args)
     client = await client_for(cfg)
     wf_id = release_workflow_id(cfg.repos.app.short_name, commit)
     release_id = f"{cfg.repos.app.short_name}-{commit[:12]}"
@@ -72,7 +65,9 @@ async def run(args: argparse.Namespace) -> int:
             _say(f"[ci] built {', '.join(status.services)}; testbed deployed and E2E passed ({status.e2e_url})")
         user = DEMO_USERS[stage]
         _say(f"\n$ {ferry} approve {release_id} --stage {stage} --as {user} --comment 'demo: looks good'")
-        decide = SimpleNamespace(release=release_id, stage=stage, as_user=user, comment="demo: looks good", json=False)
+        decide = build_parser().parse_args(
+            ["approve", release_id, "--stage", stage, "--as", user, "--comment", "demo: looks good"]
+        )
         await release_cmds.decide(cfg, decide, approve=True)  # type: ignore[arg-type]
     handle = client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id)
     try:
@@ -92,10 +87,14 @@ async def run(args: argparse.Namespace) -> int:
             for i in kustomization.get("images") or []
         }
         _say(f"  {env:<11} {SERVICE}: {images.get(SERVICE, '(not deployed)')}")
+    for service, rollout in final.environments[-1].rollouts.items():
+        steps = "; ".join(rollout.promoted_steps) or "first revision, stable at once"
+        _say(f"  production {service}: Argo Rollout {rollout.strategy}, {rollout.phase} ({steps})")
     digest = final.digests[SERVICE]
     onprem = _harbor_has(sandbox, "harbor-onprem", SERVICE, digest)
     cloud = _harbor_has(sandbox, "harbor-cloud", SERVICE, digest)
     same = "identical on Harbor-OnPrem and Harbor-Cloud" if onprem and cloud else "NOT on both Harbor instances"
     _say(f"  digest {digest}: {same}")
     _say(f"  Temporal UI: {release_cmds.ui_link(cfg, wf_id)}")
+    _say(f"  DORA report: {ferry} report --since 1d --html report.html")
     return OK if final.outcome == "succeeded" and onprem and cloud else FAILED

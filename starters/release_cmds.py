@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -40,6 +41,7 @@ from workflows.types import (
     Decision,
     ReleaseInput,
     ReleaseStatus,
+    RolloutPromoteRequest,
 )
 
 FINAL_OK = ("succeeded", "nothing_to_release")
@@ -121,6 +123,7 @@ async def submit_commit(client: Client, inp: ReleaseInput) -> str:
                 build_url=inp.build_url,
                 base_commit=inp.base_commit,
                 only_services=inp.only_services,
+                plan=inp.plan,
             )
         ],
     )
@@ -297,6 +300,19 @@ def decision_from_args(cfg: FerryConfig, args: argparse.Namespace, approve: bool
     )
 
 
+async def run_update(handle: WorkflowHandle, update: Any, arg: Any, when_ended: str) -> Any:
+    """Execute a validated Update; a refusal (validator) or an ended workflow exits FAILED with the reason."""
+    try:
+        return await handle.execute_update(update, arg)
+    except WorkflowUpdateFailedError as e:
+        reason = e.cause.message if hasattr(e.cause, "message") else str(e.cause)
+        raise CommandError(f"refused: {reason}", FAILED) from None
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise CommandError(f"{handle.id} has ended; {when_ended} (see ferry status)", FAILED) from None
+        raise
+
+
 async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
     """Approve or reject a gate through the validated Update; a refusal exits FAILED with the reason."""
     decision = decision_from_args(cfg, args, approve)
@@ -306,15 +322,8 @@ async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> i
     wf_id = workflow_id_for(cfg, ref)
     client = await client_for(cfg)
     handle = await existing_handle(client, wf_id)
-    try:
-        gate = await handle.execute_update(ReleaseWorkflow.approve if approve else ReleaseWorkflow.reject, decision)
-    except WorkflowUpdateFailedError as e:
-        reason = e.cause.message if hasattr(e.cause, "message") else str(e.cause)
-        raise CommandError(f"refused: {reason}", FAILED) from None
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise CommandError(f"{wf_id} has ended; no gate to decide (see ferry status)", FAILED) from None
-        raise
+    update = ReleaseWorkflow.approve if approve else ReleaseWorkflow.reject
+    gate = await run_update(handle, update, decision, "no gate to decide")
     if args.json:
         print_json(gate)
     elif gate.state == "waiting":
@@ -325,6 +334,23 @@ async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> i
         if gate.frozen_until and not gate.freeze_overridden_by:
             line += f"; frozen until {gate.frozen_until} ({gate.freeze_reason}), the move waits"
         print(line)
+    return OK
+
+
+async def promote(cfg: FerryConfig, args: argparse.Namespace) -> int:
+    """Promote the paused Argo Rollout step of an environment whose promotion policy is `approval`."""
+    who = decision_from_args(cfg, args, approve=True)
+    request = RolloutPromoteRequest(
+        environment=args.stage, user=who.user, email=who.email, comment=args.comment or "", channel=who.channel
+    )
+    wf_id = workflow_id_for(cfg, args.release)
+    client = await client_for(cfg)
+    handle = await existing_handle(client, wf_id)
+    answer = await run_update(handle, ReleaseWorkflow.promote, request, "nothing to promote")
+    if args.json:
+        print_json({"release": wf_id, "environment": args.stage, "promoted_by": who.user, "answer": answer})
+    else:
+        print(f"{args.stage}: {answer} (by {who.user})")
     return OK
 
 
@@ -447,11 +473,20 @@ async def retry(cfg: FerryConfig, args: argparse.Namespace) -> int:
 
 
 async def wait_for_stage(client: Client, wf_id: str, stage: str, timeout: float = 120.0) -> ReleaseStatus:
-    """Poll until the release reaches `stage` (used by the demo); CommandError on timeout or failure."""
+    """Poll until the release reaches `stage` (used by the demo); CommandError on timeout or failure.
+
+    A release handed to the branch coordinator starts a moment later: until then it is not found, and waited for.
+    """
     handle = client.get_workflow_handle_for(ReleaseWorkflow.run, wf_id)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+        try:
+            status: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+            continue
         if status.stage == stage:
             return status
         if status.outcome not in ("running",):

@@ -17,8 +17,12 @@ def render_status(s: ReleaseStatus, ui_link: str = "") -> str:
         f"outcome   {s.outcome}",
         f"stage     {s.stage}",
     ]
-    if s.error:
+    if s.rollback_cause:
+        lines.append(f"rolled back because {s.rollback_cause}")
+    elif s.error:
         lines.append(f"error     {s.error}")
+    if s.feedback_issue:
+        lines.append(f"issue     {s.feedback_issue}")
     if s.e2e_url:
         lines.append(f"e2e build {s.e2e_url}")
     if s.ci is not None and s.ci.nothing_to_release:
@@ -33,6 +37,14 @@ def render_status(s: ReleaseStatus, ui_link: str = "") -> str:
         apps = ", ".join(f"{a} {v}" for a, v in env.apps.items())
         commit = f" gitops {env.gitops_commit[:12]}" if env.gitops_commit else ""
         lines.append(f"  {env.name:<12} {env.state:<10}{commit} {apps}".rstrip())
+        if env.revert_commit:
+            lines.append(f"  {'':<12} reverted by gitops {env.revert_commit[:12]}")
+        for service, r in env.rollouts.items():
+            where = f"step {r.step}/{r.steps}, weight {r.weight}%" if r.strategy == "canary" else r.strategy
+            note = f": {r.message}" if r.message else ""
+            lines.append(f"  {'':<12} rollout {service} ({r.name}) {r.phase} at {where}{note}")
+            for promoted in r.promoted_steps:
+                lines.append(f"  {'':<14} {promoted}")
     if s.gates:
         lines.append("gates")
         for g in s.gates:

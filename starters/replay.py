@@ -11,22 +11,37 @@ import json
 from pathlib import Path
 
 from temporalio.client import WorkflowHistory
+from temporalio.converter import DataConverter, default
 from temporalio.worker import Replayer
 
-from common.config import FerryConfig
+from common.codec import data_converter
+from common.config import FerryConfig, default_config_path, load_config
 from starters.common import FAILED, OK, CommandError, client_for, existing_handle, print_json
 from worker import WORKFLOWS
 
 
-async def replay_history(history: WorkflowHistory) -> str | None:
-    """Replay one history; None if it replays cleanly, else the failure message."""
-    result = await Replayer(workflows=WORKFLOWS).replay_workflow(history, raise_on_replay_failure=False)
+async def replay_history(history: WorkflowHistory, converter: DataConverter | None = None) -> str | None:
+    """Replay one history; None if it replays cleanly, else the failure message.
+
+    `converter` must be the one the workers used (with their encryption keys), or encrypted payloads
+    cannot be read; plaintext histories replay with or without it.
+    """
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter or default())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     return str(result.replay_failure) if result.replay_failure else None
+
+
+def _file_config(args: argparse.Namespace) -> FerryConfig | None:
+    """--file needs no ferry.yaml, but uses its encryption keys when one is given or present."""
+    given = getattr(args, "config", None)
+    path = given or default_config_path()
+    return load_config(path) if given or path.exists() else None
 
 
 async def replay(cfg: FerryConfig | None, args: argparse.Namespace) -> int:
     """Replay a history from the server (WORKFLOW_ID) or from a JSON file (--file); --save records it."""
     if args.file:
+        cfg = cfg or _file_config(args)
         path = Path(args.file)
         try:
             history = WorkflowHistory.from_json(args.workflow_id or path.stem, json.loads(path.read_text()))
@@ -41,7 +56,7 @@ async def replay(cfg: FerryConfig | None, args: argparse.Namespace) -> int:
         history = await handle.fetch_history()
         if args.save:
             Path(args.save).write_text(history.to_json())
-    failure = await replay_history(history)
+    failure = await replay_history(history, data_converter(cfg.temporal.encryption) if cfg else None)
     if args.json:
         print_json(
             {

@@ -27,6 +27,14 @@ def _binary(name: str) -> str:
     return found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def logs_on_stderr() -> None:
+    """Log as the workers and the CLI do (JSON on stderr), so no log line lands in a command's stdout."""
+    from common.logging import configure_logging
+
+    configure_logging()
+
+
 @pytest.fixture(scope="session")
 def temporal_cli() -> str:
     """Path of the Temporal CLI (dev server)."""

@@ -18,6 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from common.config import FerryConfig, load_config
+from common.temporal import connect
 from sandbox.config import default_ports
 from sandbox.launcher import Sandbox
 from sandbox.repos import commit_change, log, read_file_at
@@ -168,5 +169,5 @@ async def start_sandbox(root: Path) -> E2E:
     box = Sandbox(root, speed=0.1, poll_seconds=0.1, attempts=10, heartbeat_seconds=3, start_to_close_seconds=60)
     await asyncio.to_thread(box.up, free_port_base(), lambda _: None)
     cfg = load_config(box.config_path)
-    client = await Client.connect(cfg.temporal.address, namespace=cfg.temporal.namespace)
+    client = await connect(cfg.temporal)
     return E2E(box, cfg, client)

@@ -21,8 +21,13 @@ from workflows.types import (
     ChangeSet,
     E2EInput,
     E2EResult,
+    FeedbackIssueInput,
+    FeedbackIssueResult,
     GitOpsMoveInput,
     GitOpsMoveResult,
+    GitOpsRevertInput,
+    GitOpsRevertResult,
+    ImagePin,
     Notification,
     PipelinePlan,
     PolicyCheckInput,
@@ -32,6 +37,10 @@ from workflows.types import (
     RenderPipelineInput,
     ReplicationInput,
     ReplicationResult,
+    RolloutPromoteInput,
+    RolloutRef,
+    RolloutState,
+    RolloutWaitInput,
     ScanGateInput,
     ScanResult,
     SignInput,
@@ -39,6 +48,8 @@ from workflows.types import (
     TektonRunInput,
     TektonRunResult,
 )
+
+PREVIOUS_DIGEST = "sha256:" + "0" * 64  # what environments ran before the release (after a revert)
 
 
 @dataclass
@@ -55,6 +66,10 @@ class Fakes:
     author: tuple[str, str] = ("Dev", "dev@example.com")
     hold: dict[str, asyncio.Event] = field(default_factory=dict)  # sha12 -> CI blocks until set or cancelled
     calls: list[tuple[str, str, object]] = field(default_factory=list)
+    canary_steps: int = 3  # pauses a fake Rollout makes before it is Healthy
+    canary_fails_at: int | None = None  # the step whose analysis fails (the controller aborts)
+    newer_commit: bool = False  # a newer GitOps commit replaced the release's pins before the revert
+    reverted: set[str] = field(default_factory=set)  # revert commits made (Argo CD is healthy there)
 
     def _log(self, name: str, arg: object) -> None:
         self.calls.append((name, activity.info().task_queue, arg))
@@ -126,6 +141,21 @@ class Fakes:
             self._log("gitops.move", inp)
             return GitOpsMoveResult(commit=hashlib.sha1(inp.environment.encode()).hexdigest(), changed=True)
 
+        @activity.defn(name="gitops.revert")
+        async def revert(inp: GitOpsRevertInput) -> GitOpsRevertResult:
+            self._log("gitops.revert", inp)
+            if self.newer_commit:
+                return GitOpsRevertResult(commit="", changed=False, skipped="newer commit 0badc0ffee00 moved on")
+            sha = hashlib.sha1(f"revert {inp.commit}".encode()).hexdigest()
+            self.reverted.add(sha)
+            previous = [ImagePin(p.name, p.new_name, PREVIOUS_DIGEST) for p in inp.images]
+            return GitOpsRevertResult(commit=sha, changed=True, app_commit="0" * 40, images=previous)
+
+        @activity.defn(name="tracker.open_issue")
+        async def issue(inp: FeedbackIssueInput) -> FeedbackIssueResult:
+            self._log("tracker.open_issue", inp)
+            return FeedbackIssueResult(url="http://tracker.test/acme/shop/issues/1", number=1, created=True)
+
         @activity.defn(name="buildkite.e2e")
         async def e2e(inp: E2EInput) -> E2EResult:
             self._log("buildkite.e2e", inp)
@@ -149,7 +179,8 @@ class Fakes:
             self._log("notify.webhook", inp)
             return "200"
 
-        fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, e2e, sign, *self._both()]
+        fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, issue, e2e, sign]
+        fakes += self._both()
         return [*fakes, notify_fake] if notify else fakes
 
     def cloud(self) -> list:
@@ -186,13 +217,52 @@ class Fakes:
                 raise errors.fatal(f"image {inp.image}@{inp.digest}: no signature", "SignatureMissing")
             return SignResult(image=inp.image, verified=True)
 
-        return [policy, verify, self._argocd()]
+        return [policy, verify, self._argocd(), *self._rollouts()]
+
+    def _rollouts(self) -> list:
+        """A fake canary: Paused at steps 0..canary_steps-1, then Healthy; or aborted at canary_fails_at."""
+
+        def state(ref: RolloutRef, images: list[str], step: int, **kw: object) -> RolloutState:
+            return RolloutState(
+                name=ref.name, steps=self.canary_steps, step=step, step_kind="pause", images=images, **kw
+            )
+
+        @activity.defn(name="rollouts.wait")
+        async def wait(inp: RolloutWaitInput) -> RolloutState:
+            self._log("rollouts.wait", inp)
+            if all(PREVIOUS_DIGEST in i for i in inp.images):
+                return state(inp.rollout, inp.images, self.canary_steps, phase="Healthy", promoted=True)
+            step = inp.after_step + 1
+            if self.canary_fails_at is not None and step >= self.canary_fails_at:
+                return state(
+                    inp.rollout,
+                    inp.images,
+                    self.canary_fails_at,
+                    phase="Degraded",
+                    aborted=True,
+                    message='RolloutAborted: Metric "error-rate" assessed Failed',
+                )
+            if step < self.canary_steps:
+                return state(inp.rollout, inp.images, step, phase="Paused", pause_reasons=["CanaryPauseStep"])
+            return state(inp.rollout, inp.images, self.canary_steps, phase="Healthy", promoted=True)
+
+        @activity.defn(name="rollouts.promote")
+        async def promote(inp: RolloutPromoteInput) -> RolloutState:
+            self._log("rollouts.promote", inp)
+            return state(inp.rollout, [], inp.step + 1, phase="Progressing")
+
+        @activity.defn(name="rollouts.abort")
+        async def abort(inp: RolloutRef) -> RolloutState:
+            self._log("rollouts.abort", inp)
+            return state(inp, [], 0, phase="Degraded", aborted=True)
+
+        return [wait, promote, abort]
 
     def _argocd(self):
         @activity.defn(name="argocd.sync")
         async def sync(inp: ArgoSyncInput) -> ArgoSyncResult:
             self._log("argocd.sync", inp)
-            if inp.app in self.degraded:
+            if inp.app in self.degraded and inp.revision not in self.reverted:
                 raise errors.fatal(f"Argo CD application {inp.app} is Degraded", errors.APPLICATION_DEGRADED)
             return ArgoSyncResult(app=inp.app, revision=inp.revision, sync_status="Synced", health="Healthy")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -251,3 +253,36 @@ async def test_from_config() -> None:
     assert list(acts.clients) == ["onprem"]
     assert acts.clients["onprem"].endpoint.url == cfg.sites["onprem"].argocd.url
     await acts.aclose()
+
+
+async def test_without_wait_healthy_synced_and_succeeded_is_enough_but_not_missing_or_degraded() -> None:
+    fake = FakeArgo()
+    fake.add("shop-production")
+    fake.outcome.update(health="Suspended", why="Rollout api: CanaryPauseStep")  # a Rollout paused at a step
+    acts = activities(fake)
+    inp = dataclasses.replace(sync_input("shop-production"), wait_healthy=False)
+    with pytest.raises(TimeoutError):  # waiting for Healthy never ends while the Rollout is paused
+        await asyncio.wait_for(acts.sync(sync_input("shop-production")), 0.3)
+    result = await acts.sync(inp)
+    assert (result.sync_status, result.revision) == ("Synced", REV)
+    assert result.health in ("Progressing", "Suspended")
+    again = await acts.sync(inp)  # twice: still one sync request
+    assert again.revision == REV and again.health == "Suspended"
+    assert fake.sync_posts(accepted_only=False) == 1
+
+    # Synced there with the operation Succeeded, but Missing: the resources are not there yet, keep waiting.
+    missing = FakeArgo()
+    missing.add("shop-production", revision=REV, health="Missing")
+    missing.apps["shop-production"]["state"] = {"phase": "Succeeded", "syncResult": {"revision": REV}}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(activities(missing).sync(inp), 0.3)
+
+    # Degraded fails as with wait_healthy.
+    degraded = FakeArgo()
+    degraded.add("shop-production", revision=REV, health="Degraded")
+    degraded.apps["shop-production"]["state"] = {"phase": "Succeeded", "syncResult": {"revision": REV}}
+    degraded.apps["shop-production"]["health_message"] = "Rollout api: RolloutAborted"
+    with pytest.raises(ApplicationError) as info:
+        await activities(degraded).sync(inp)
+    assert info.value.type == errors.APPLICATION_DEGRADED and "RolloutAborted" in info.value.message
+    assert missing.sync_posts(accepted_only=False) == degraded.sync_posts(accepted_only=False) == 0

@@ -31,6 +31,9 @@ from workflows.types import (
     QualityGateInput,
     RenderPipelineInput,
     ReplicationInput,
+    RolloutPromoteInput,
+    RolloutRef,
+    RolloutWaitInput,
     ScanGateInput,
     TektonRunInput,
 )
@@ -74,6 +77,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     world.set_registry_host("cloud", f"127.0.0.1:{ports['harbor-cloud']}")
     world.argocd["onprem"].create_app("shop-testbed", str(gitops_repo), "testbed")
     world.argocd["cloud"].create_app("shop-staging", str(gitops_repo), "staging")
+    world.argocd["cloud"].create_app("shop-production", str(gitops_repo), "production")
     router = Router(build_apps(world), ports)
     onprem = SiteActivities.from_config(cfg, "onprem", transport=router)
     cloud = SiteActivities.from_config(cfg, "cloud", transport=router)
@@ -98,6 +102,7 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "buildkite.e2e",
         "rancher.import_cluster",
         "rancher.install_app",
+        "gitops.revert",  # twice: tests/test_gitops_revert.py
     }
     assert set(cloud) == {
         "harbor.confirm",
@@ -105,6 +110,9 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "argocd.sync",
         "rancher.import_cluster",
         "rancher.install_app",
+        "rollouts.wait",
+        "rollouts.promote",
+        "rollouts.abort",
     }
 
     async def twice(fn: Any, arg: Any) -> Any:
@@ -196,3 +204,23 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
 
     cancelled = await twice(onprem["tekton.cancel"], run_input)
     assert cancelled == "finished"
+
+    # Production runs api as an Argo Rollout; its first sync creates it (Healthy at once, without steps).
+    production = GitOpsMoveInput(
+        repo_url=str(gitops_repo),
+        branch="main",
+        environment="production",
+        path="production",
+        images=[ImagePin(name="api", new_name=f"{plan.environments[-1].harbor_registry}/ferry/api", digest=digest)],
+        release_id="shop-x",
+        app_commit=commit,
+    )
+    moved = await onprem["gitops.move"](production)
+    sync = ArgoSyncInput(instance="cloud", app="shop-production", revision=moved.commit, wait_healthy=False)
+    assert (await twice(cloud["argocd.sync"], sync)).revision == moved.commit
+    rollout = RolloutRef(instance="cloud", namespace="shop-production", name="api")
+    wanted = [f"{plan.environments[-1].harbor_registry}/ferry/api@{digest}"]
+    state = await twice(cloud["rollouts.wait"], RolloutWaitInput(rollout=rollout, images=wanted))
+    assert state.phase == "Healthy" and state.promoted
+    assert await twice(cloud["rollouts.promote"], RolloutPromoteInput(rollout=rollout, step=1)) == state
+    assert await twice(cloud["rollouts.abort"], rollout) == state  # nothing in progress: nothing to abort

@@ -64,24 +64,25 @@ def test_release_references() -> None:
         workflow_id_for(cfg, "abc")
 
 
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf sub-command of the parser, walked from its subparsers (so a new one cannot be missed)."""
+    found: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*prefix, name)) or [(*prefix, name)]
+    return found
+
+
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in (
-        ["release", "start"],
-        ["approve"],
-        ["reject"],
-        ["status"],
-        ["list"],
-        ["retry"],
-        ["replay"],
-        ["sandbox", "up"],
-        ["sandbox", "down"],
-        ["demo"],
-        ["worker"],
-    ):
+    commands = _commands(build_parser())
+    assert {("release", "start"), ("promote",), ("report",), ("codec-server",), ("provision", "apply")} <= set(commands)
+    for command in commands:
         with pytest.raises(SystemExit) as done:
             build_parser().parse_args([*command, "--help"])
         assert done.value.code == 0
-        assert "usage: ferry" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "usage: ferry" in out and len(out.splitlines()) > 3, command
 
 
 def test_missing_config_exits_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -106,6 +107,24 @@ async def test_newer_commits_supersede_the_release_in_ci_and_skip_the_pending_on
     started = {a.commit for _, a in fakes.names("changes.analyze")}
     assert started == {c[0], c[3]}
     assert queue.counts["received"] == 4 and queue.counts["started"] == 2
+
+
+async def test_each_release_runs_on_the_config_sent_with_its_commit(time_env: WorkflowEnvironment) -> None:
+    """ferry.yaml changed after the coordinator started (a new release manager): the next release has it."""
+    client = time_env.client
+    first, second = sha(1, "config"), sha(2, "config")
+    fakes = Fakes()
+    async with running(time_env, fakes) as template:
+        await push(client, template, first)
+        await eventually(lambda: _stage_is(client, template, first, "gate:staging"), "first release at staging")
+        changed = dataclasses.replace(template.plan, freeze_override_members=["raj", "rita", "newbie"])
+        await push(client, dataclasses.replace(template, plan=changed), second)
+        history = await eventually(lambda: release(client, template, second).fetch_history(), "second release")
+        started = history.events[0].workflow_execution_started_event_attributes
+        (inp,) = await client.data_converter.decode(started.input.payloads, [ReleaseInput])
+
+    assert inp.plan.freeze_override_members == ["raj", "rita", "newbie"]
+    assert template.plan.freeze_override_members != inp.plan.freeze_override_members
 
 
 async def test_release_at_a_gate_is_superseded_only_once_a_newer_one_passed_ci(time_env: WorkflowEnvironment) -> None:

@@ -127,18 +127,21 @@ async def test_critical_cve_blocks_the_image(e2e: E2E) -> None:
     assert e2e.gitops_commits(e2e.release_id(commit)) == []
 
 
-async def test_failing_e2e_stops_before_staging_gate_with_build_url(e2e: E2E) -> None:
+async def test_failing_e2e_reverts_testbed_and_stops_before_staging_gate(e2e: E2E) -> None:
     e2e.scenario({"e2e": {"result": "failed"}})
     base = e2e.head()
+    before = e2e.pinned("testbed", "web")
     commit = e2e.commit({"services/web/about.html": "about\n"}, "web: about")
     await start(e2e, commit, "--base", base)
-    with pytest.raises(WorkflowFailureError):
-        await e2e.handle(commit).result()
-    status = await e2e.status(commit)
+    status = await e2e.handle(commit).result()
+    assert status.outcome == "rolled_back" and status.rollback_cause.startswith("e2e:testbed:")
     assert status.e2e_url.startswith("http") and "/builds/" in status.e2e_url
     assert status.gates[0].state == "pending"
-    human = e2e.ferry("status", e2e.release_id(commit))
-    assert status.e2e_url in human.out
+    rid = e2e.release_id(commit)
+    assert e2e.gitops_commits(rid) == [f"testbed: revert release {rid}", f"testbed: release {rid}"]
+    assert e2e.pinned("testbed", "web") == before  # the previous digest runs again
+    human = e2e.ferry("status", rid)
+    assert status.e2e_url in human.out and "rolled back because e2e:testbed" in human.out
 
 
 async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
@@ -162,15 +165,17 @@ async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
     assert ("gate_waiting", rid) in events and ("gate_decided", rid) in events
 
 
-async def test_degraded_application_fails_the_release_there(e2e: E2E) -> None:
-    e2e.scenario({"health": {"shop-testbed": "Degraded"}})
+async def test_degraded_application_is_reverted_and_fails_when_it_stays_degraded(e2e: E2E) -> None:
+    e2e.scenario({"health": {"shop-testbed": "Degraded"}})  # Degraded at any revision, the old one too
     base = e2e.head()
     commit = e2e.commit({"services/web/style.css": "body{}\n"}, "web: style")
     await start(e2e, commit, "--base", base)
     with pytest.raises(WorkflowFailureError):
         await e2e.handle(commit).result()
     status = await e2e.status(commit)
-    assert status.error.startswith("deploy:testbed") and "Degraded" in status.error
+    assert status.error.startswith("rollback:testbed") and "Degraded" in status.error
+    rid = e2e.release_id(commit)
+    assert e2e.gitops_commits(rid)[0] == f"testbed: revert release {rid}"
 
 
 async def test_happy_path_survives_30_percent_503s(e2e: E2E) -> None:

@@ -186,22 +186,29 @@ async def test_critical_cve_blocks_before_testbed(env: WorkflowEnvironment) -> N
     assert fakes.names("gitops.move") == []
 
 
-async def test_failed_e2e_stops_before_staging_gate_with_build_url(env: WorkflowEnvironment) -> None:
+async def test_failed_e2e_reverts_testbed_and_stops_before_staging_gate(env: WorkflowEnvironment) -> None:
     fakes = Fakes(e2e_fails=True)
     async with running(env, fakes) as (onprem, cloud):
         handle = await start(env, onprem, cloud)
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
-        status = await handle.query(ReleaseWorkflow.status)
-    assert status.e2e_url == "http://buildkite.test/acme/e2e/builds/1"
-    assert status.stage == "e2e:testbed" and status.gates[0].state == "pending"
+        result = await handle.result()
+    assert result.outcome == "rolled_back" and result.stage == "rolled_back"
+    assert result.e2e_url == "http://buildkite.test/acme/e2e/builds/1"
+    assert result.rollback_cause.startswith("e2e:testbed:") and "E2E build failed" in result.rollback_cause
+    assert result.gates[0].state == "pending"
+    ((_, revert),) = fakes.names("gitops.revert")
+    moved = result.environments[0].gitops_commit
+    assert (revert.environment, revert.commit) == ("testbed", moved)
+    assert result.environments[0].state == "rolled_back" and result.environments[0].revert_commit
+    assert not fakes.names("tracker.open_issue")  # issues are for production rollbacks
 
 
-async def test_degraded_application_fails_at_that_environment(env: WorkflowEnvironment) -> None:
+async def test_degraded_application_is_reverted_in_that_environment(env: WorkflowEnvironment) -> None:
     fakes = Fakes(degraded={"shop-testbed"})
     async with running(env, fakes) as (onprem, cloud):
         handle = await start(env, onprem, cloud)
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
-        status = await handle.query(ReleaseWorkflow.status)
-    assert status.error.startswith("deploy:testbed:") and "Degraded" in status.error
+        result = await handle.result()
+    assert result.outcome == "rolled_back"
+    assert result.rollback_cause.startswith("deploy:testbed:") and "Degraded" in result.rollback_cause
+    # Synced at the move, then at the revert commit (healthy there): the environment runs the old images.
+    syncs = [a.revision for _, a in fakes.names("argocd.sync")]
+    assert syncs == [result.environments[0].gitops_commit, result.environments[0].revert_commit]

@@ -19,7 +19,13 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_histories_are_recorded() -> None:
     names = {p.stem for p in HISTORIES}
-    assert {"release-to-production", "release-gate-policy", "ci-signed"} <= names
+    assert {
+        "release-to-production",
+        "release-gate-policy",
+        "release-canary",
+        "release-canary-rolled-back",
+        "ci-signed",
+    } <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

@@ -105,6 +105,7 @@ class CIWorkflow:
                 nothing_to_release=True,
                 author_name=changes.author_name,
                 author_email=changes.author_email,
+                committed_at=changes.committed_at,
             )
 
         self._stage = "pipeline"
@@ -165,6 +166,7 @@ class CIWorkflow:
             artifacts=[r for r in results if isinstance(r, Artifact)],
             author_name=changes.author_name,
             author_email=changes.author_email,
+            committed_at=changes.committed_at,
         )
 
     async def _build(self, inp: CIInput, svc: ServiceSpec, manifest: dict, opts: dict) -> Artifact:

@@ -117,7 +117,7 @@ class BranchCoordinator:
             if self._too_long() and not self._orders:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 s.runs += 1
-                workflow.continue_as_new(CoordinatorInput(inp.repo, inp.branch, inp.plan, s, inp.max_history))
+                workflow.continue_as_new(CoordinatorInput(inp.repo, inp.branch, self._inp.plan, s, inp.max_history))
 
     # --- helpers ---
 
@@ -158,6 +158,8 @@ class BranchCoordinator:
                 self._finish(entry, by=order.by_commit, count="ended")
 
     async def _start(self, sig: CommitSignal, seq: int) -> None:
+        if sig.plan is not None:
+            self._inp.plan = sig.plan  # the newest ferry.yaml; continue-as-new carries it on
         plan = self._inp.plan
         release_id = self._release_id(sig.commit)
         entry = QueueEntry(sig.commit, release_id, "in_ci", seq=seq)

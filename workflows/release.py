@@ -1,9 +1,13 @@
 """The Release workflow: one commit from CI on-prem to production in the cloud.
 
 CI (child) -> for each environment in order: [gate] -> [replicate to the environment's Harbor] -> GitOps
-move -> Argo CD sync at that exact revision -> [E2E]. Every step is an activity on the task queue of the
-site that can reach the system; the workflow holds the decisions, the gates and the audit, and answers
-`status`. It does no I/O and reads time only through `workflow.now()`.
+move -> Argo CD sync at that exact revision -> [follow its Argo Rollouts step by step] -> [E2E]. A failed
+verification (Degraded, an aborted Rollout, failed E2E) reverts that environment's GitOps commit, syncs,
+waits healthy on the previous images and ends the release `rolled_back` (with an issue in the app's
+tracker for production). Every step is an activity on the task queue of the site that can reach the
+system; the workflow holds the decisions, the gates and the audit, and answers `status`. It does no I/O
+and reads time only through `workflow.now()`. When it ends it leaves a ReleaseRecord in its memo for
+`ferry report`.
 """
 
 from __future__ import annotations
@@ -11,30 +15,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
+from urllib.parse import quote
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import search
+    from workflows import search, telemetry
     from workflows.ci import CIWorkflow, failure_message
     from workflows.environments import argocd_apps, image_pins
     from workflows.freeze import active_freeze
     from workflows.gates import GateHandlers, Gates
     from workflows.options import activity_options
+    from workflows.progressive import (
+        ROLLOUT_FAILED,
+        abort_rollouts,
+        follow_rollout,
+        restore,
+        rollout_refs,
+        service_images,
+    )
+    from workflows.record import release_record
     from workflows.types import (
+        RELEASE_RECORD_MEMO,
         ArgoSyncInput,
         ArgoSyncResult,
         ArtifactRef,
+        AuditEntry,
         CIInput,
         CIResult,
         E2EInput,
         E2EResult,
+        EnvironmentRecord,
         EnvironmentSpec,
         EnvironmentStatus,
+        FeedbackIssueInput,
+        FeedbackIssueResult,
         GitOpsMoveInput,
         GitOpsMoveResult,
+        GitOpsRevertInput,
+        GitOpsRevertResult,
+        ImagePin,
         Notification,
         PolicyCheckInput,
         PolicyCheckResult,
@@ -43,6 +66,9 @@ with workflow.unsafe.imports_passed_through():
         ReleaseStatus,
         ReplicationInput,
         ReplicationResult,
+        RolloutProgress,
+        RolloutPromoteRequest,
+        RolloutState,
         SignInput,
         SignResult,
         Supersede,
@@ -52,6 +78,16 @@ RELEASE_FAILED = "ReleaseFailed"
 # Everything added with gate policy (deadlines, freeze windows, supply-chain checks, notifications) runs
 # only in releases that started with it: histories recorded before it replay along the old path.
 PATCH_GATE_POLICY = "gate-policy-v1"
+# Progressive delivery, automatic rollback, feedback issues and the report memo: only in releases that
+# started with them, so histories recorded before replay along the old path.
+PATCH_PROGRESSIVE = "progressive-v1"
+# Verification failures that revert the environment's GitOps commit. Anything else (a system that stays
+# unreachable, a bad request) fails the release for `ferry retry`: reverting would not fix it.
+VERIFICATION_FAILURES = frozenset({"ApplicationDegraded", "SyncFailed", "E2EFailed", ROLLOUT_FAILED})
+
+
+class _RolledBack(Exception):
+    """Internal: the environment was reverted after a failed verification; the release ends rolled_back."""
 
 
 def release_workflow_id(repo: str, commit: str) -> str:
@@ -79,6 +115,12 @@ class ReleaseWorkflow(GateHandlers):
             freeze_overriders=inp.plan.freeze_override_members,
         )
         self._policy = False  # set at the start of run(): whether this run has the gate policy
+        self._progressive = False  # likewise: progressive delivery, automatic rollback, report memo
+        self._records: dict[str, EnvironmentRecord] = {}
+        self._failure_type = ""
+        self._promotions: dict[str, list[RolloutPromoteRequest]] = {}  # environment -> accepted promotions
+        self._promotion_waiting = ""  # the environment whose paused Rollout waits for `ferry promote`
+        self._current_env = ""  # the environment the release is at, for the outcome metric
         self._notices = 0
         self._superseded: Supersede | None = None
         for env in inp.plan.environments:
@@ -105,6 +147,41 @@ class ReleaseWorkflow(GateHandlers):
         if self._superseded is None:
             self._superseded = order
 
+    @workflow.update
+    def promote(self, request: RolloutPromoteRequest) -> str:
+        """Promote the paused Rollout step of an environment whose promotion policy is `approval`."""
+        self._promotions.setdefault(request.environment, []).append(request)
+        self._gates.audit.append(
+            AuditEntry(
+                stage=f"rollout:{request.environment}",
+                user=request.user,
+                action="promoted",
+                channel=request.channel,
+                at=workflow.now().isoformat(),
+                comment=request.comment,
+            )
+        )
+        return f"promotion of {request.environment} accepted"
+
+    @promote.validator
+    def _validate_promote(self, request: RolloutPromoteRequest) -> None:
+        env = next((e for e in self._inp.plan.environments if e.name == request.environment), None)
+        if env is None:
+            raise ValueError(f"no environment '{request.environment}' in this release")
+        if not request.user.strip():
+            raise ValueError("who promotes? an identity is required (--as USER or --from-buildkite)")
+        if self._promotion_waiting != env.name:
+            raise ValueError(f"no Rollout of {env.name} waits for a promotion now (stage: {self._status.stage})")
+        ids = {request.user, request.email} - {""}
+        members = set(self._inp.plan.freeze_override_members)
+        for gate in self._inp.plan.gates:
+            if gate.name == env.gate:
+                members.update(m for group in gate.groups for m in gate.members.get(group, []))
+        if not ids & members:
+            raise ValueError(
+                f"{request.user} may not promote {env.name}: not a member of its gate's groups or a release manager"
+            )
+
     # --- the run ---
 
     @workflow.run
@@ -113,14 +190,20 @@ class ReleaseWorkflow(GateHandlers):
         # Not try/finally: a workflow evicted from the worker's cache must not run workflow code on the way out.
         try:
             status = await self._run(inp)
-        except (Exception, asyncio.CancelledError):
+        except Exception:
+            self._ended()
             await self._tell_coordinator("ended")
             raise
+        except asyncio.CancelledError:
+            await self._tell_coordinator("ended")
+            raise
+        self._ended()
         await self._tell_coordinator("ended")
         return status
 
     async def _run(self, inp: ReleaseInput) -> ReleaseStatus:
         self._policy = workflow.patched(PATCH_GATE_POLICY)
+        self._progressive = workflow.patched(PATCH_PROGRESSIVE)
         workflow.upsert_search_attributes(
             [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
         )
@@ -135,6 +218,7 @@ class ReleaseWorkflow(GateHandlers):
             if ci.author_email or ci.author_name:
                 self._gates.set_author(ci.author_name, ci.author_email)
             for env in inp.plan.environments:
+                self._current_env = env.name
                 if self._superseded is not None:
                     return self._stop_superseded()  # a newer commit passed CI: never move an env backwards
                 if env.gate:
@@ -146,8 +230,11 @@ class ReleaseWorkflow(GateHandlers):
                     if self._policy:
                         await self._wait_for_freeze(env)
                 await self._deploy(inp, env, ci)
+        except _RolledBack:
+            return self.status()
         except (ActivityError, ChildWorkflowError, ApplicationError) as e:
             stage = self._status.stage
+            self._failure_type = _failure_type(e)
             self._status.outcome = "failed"
             self._status.error = f"{stage}: {failure_message(e)}"
             self._finish_timing(stage)
@@ -246,7 +333,7 @@ class ReleaseWorkflow(GateHandlers):
                     f"{', '.join(gate.approvals) or gate.decided_by}" + (f": {gate.comment}" if gate.comment else ""),
                     env.name,
                 )
-        self._finish_timing(stage)
+        telemetry.gate_waited(env.name, self._finish_timing(stage))
         if self._superseded is not None and not self._gates.decided(env.name):
             gate.state = "superseded"
             self._gates.waiting = None
@@ -313,7 +400,6 @@ class ReleaseWorkflow(GateHandlers):
         plan = inp.plan
         onprem = activity_options(plan.activities, plan.onprem_queue)
         onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
-        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
         env_status = next(s for s in self._status.environments if s.name == env.name)
 
         if env.site != "onprem" and not self._replicated(env.site):
@@ -346,6 +432,7 @@ class ReleaseWorkflow(GateHandlers):
         if self._policy:
             await self._supply_chain(inp, env, ci)
         env_status.state = "moving"
+        pins = image_pins(env, ci.artifacts)
         move: GitOpsMoveResult = await workflow.execute_activity(
             "gitops.move",
             GitOpsMoveInput(
@@ -353,7 +440,7 @@ class ReleaseWorkflow(GateHandlers):
                 branch=plan.gitops_branch,
                 environment=env.name,
                 path=env.path,
-                images=image_pins(env, ci.artifacts),
+                images=pins,
                 release_id=inp.release_id,
                 app_commit=inp.commit,
                 app_repo_url=plan.app_repo_url,  # refuse a move back to an ancestor (replay-safe: input data)
@@ -362,17 +449,54 @@ class ReleaseWorkflow(GateHandlers):
             **onprem,
         )
         env_status.gitops_commit = move.commit
+        record = self._records.setdefault(env.name, EnvironmentRecord())
+        record.moved_at = workflow.now().isoformat()
+        record.digests = {a.service: a.digest for a in ci.artifacts}
+        refs = rollout_refs(env, ci.affected) if self._progressive else {}
+        try:
+            await self._verify(inp, env, ci, move, pins, refs, env_status)
+        except (ActivityError, ApplicationError) as e:
+            if not (self._progressive and env.auto_rollback and _failure_type(e) in VERIFICATION_FAILURES):
+                raise
+            await self._roll_back(inp, env, ci, move, pins, refs, e)
+        env_status.state = "deployed"
+        record.deployed_at = workflow.now().isoformat()
+        self._finish_timing(f"deploy:{env.name}")
+
+    async def _verify(
+        self,
+        inp: ReleaseInput,
+        env: EnvironmentSpec,
+        ci: CIResult,
+        move: GitOpsMoveResult,
+        pins: list[ImagePin],
+        refs: dict,
+        env_status: EnvironmentStatus,
+    ) -> None:
+        """Sync at the move's commit, follow the Rollouts, run E2E: raises on a failed verification."""
+        plan = inp.plan
+        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
+        onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
         env_status.state = "syncing"
         apps = argocd_apps(plan, env, ci.artifacts)
         workflow.set_current_details(f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
         for app in apps:
+            sync_input = ArgoSyncInput(instance=env.site, app=app, revision=move.commit)
+            if refs:
+                sync_input.wait_healthy = False  # paused canary steps are Suspended; the Rollouts are followed
             synced: ArgoSyncResult = await workflow.execute_activity(
-                "argocd.sync",
-                ArgoSyncInput(instance=env.site, app=app, revision=move.commit),
-                result_type=ArgoSyncResult,
-                **site_waits,
+                "argocd.sync", sync_input, result_type=ArgoSyncResult, **site_waits
             )
             env_status.apps[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+
+        if refs:
+            env_status.state = "rolling_out"
+            self._enter(f"rollout:{env.name}", f"{env.name}: following {', '.join(r.name for r in refs.values())}")
+            images = service_images(env, ci.artifacts, pins)
+            for service, ref in refs.items():
+                progress = env_status.rollouts.setdefault(service, RolloutProgress(name=ref.name))
+                await follow_rollout(plan, env, ref, images[service], progress, lambda s, e=env: self._decide(e, s))
+            self._finish_timing(f"rollout:{env.name}")
 
         if env.e2e:
             env_status.state = "verifying"
@@ -396,8 +520,128 @@ class ReleaseWorkflow(GateHandlers):
                 raise
             self._status.e2e_url = e2e.web_url
             self._finish_timing(f"e2e:{env.name}")
-        env_status.state = "deployed"
-        self._finish_timing(f"deploy:{env.name}")
+
+    async def _decide(self, env: EnvironmentSpec, state: RolloutState) -> str:
+        """Wait as the environment's promotion policy says; returns who (or what) promotes the paused step."""
+        if env.promotion == "approval":
+            seen = len(self._promotions.get(env.name, []))
+            self._promotion_waiting = env.name
+            workflow.set_current_details(
+                f"{env.name}: Rollout {state.name} paused at {state.step_kind or state.strategy}; "
+                f"promote with: ferry promote {self._inp.release_id} --stage {env.name}"
+            )
+            await workflow.wait_condition(lambda: len(self._promotions.get(env.name, [])) > seen)
+            self._promotion_waiting = ""
+            return self._promotions[env.name][-1].user
+        if env.soak_seconds > 0:
+            workflow.set_current_details(
+                f"{env.name}: Rollout {state.name} paused at {state.step_kind or state.strategy}; "
+                f"soaking {env.soak_seconds:g}s before promoting"
+            )
+            await workflow.sleep(timedelta(seconds=env.soak_seconds))
+        return f"soak {env.soak_seconds:g}s"
+
+    async def _roll_back(
+        self,
+        inp: ReleaseInput,
+        env: EnvironmentSpec,
+        ci: CIResult,
+        move: GitOpsMoveResult,
+        pins: list[ImagePin],
+        refs: dict,
+        failure: BaseException,
+    ) -> None:
+        """Revert this release's GitOps commit of `env`, restore the previous images, end `rolled_back`.
+
+        Raises _RolledBack when the environment is back on its previous images; ApplicationError when it
+        could not be (the revert was refused because a newer commit moved on, or a step failed).
+        """
+        plan = inp.plan
+        cause = f"{self._status.stage}: {failure_message(failure)}"
+        env_status = next(s for s in self._status.environments if s.name == env.name)
+        record = self._records[env.name]
+        record.failed_at = workflow.now().isoformat()
+        self._failure_type = _failure_type(failure)
+        failed_stage = self._status.stage
+        self._finish_timing(failed_stage)
+        self._enter(f"rollback:{env.name}", f"{env.name} failed verification, reverting: {failure_message(failure)}")
+        await self._notify(
+            "rolling_back", f"Release {inp.release_id} failed in {env.name}; reverting: {cause}", env.name
+        )
+        if refs:
+            await abort_rollouts(plan, env, refs)
+        reverted: GitOpsRevertResult = await workflow.execute_activity(
+            "gitops.revert",
+            GitOpsRevertInput(
+                repo_url=plan.gitops_repo_url,
+                branch=plan.gitops_branch,
+                environment=env.name,
+                path=env.path,
+                commit=move.commit,
+                images=pins,
+                release_id=inp.release_id,
+                reason=cause,
+            ),
+            result_type=GitOpsRevertResult,
+            **activity_options(plan.activities, plan.onprem_queue),
+        )
+        if reverted.skipped:
+            raise ApplicationError(f"{cause}; not rolled back: {reverted.skipped}", type=self._failure_type)
+        env_status.revert_commit = reverted.commit
+        images = service_images(env, ci.artifacts, reverted.images)
+        await restore(
+            plan,
+            env,
+            reverted.commit,
+            argocd_apps(plan, env, ci.artifacts),
+            {svc: (ref, images[svc]) for svc, ref in refs.items()},
+            env_status.apps,
+        )
+        env_status.state = "rolled_back"
+        record.rolled_back = True
+        record.restored_at = workflow.now().isoformat()
+        self._finish_timing(f"rollback:{env.name}")
+        self._status.outcome = "rolled_back"
+        telemetry.rolled_back(env.name)
+        self._status.rollback_cause = cause
+        self._status.error = cause
+        self._enter("rolled_back", f"ROLLED BACK in {env.name} ({reverted.commit[:12]}): {cause}")
+        await self._notify("rolled_back", f"Release {inp.release_id} rolled back in {env.name}: {cause}", env.name)
+        if env.name == plan.environments[-1].name and plan.feedback_queue:
+            await self._open_issue(inp, env, ci, reverted.commit, cause)
+        raise _RolledBack()
+
+    async def _open_issue(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult, revert: str, cause: str) -> None:
+        """Feedback: an issue in the app repo's tracker; one that cannot be opened is noted, not fatal."""
+        plan = inp.plan
+        links = {}
+        if plan.ui_url:
+            info = workflow.info()
+            links["Temporal"] = (
+                f"{plan.ui_url.rstrip('/')}/namespaces/{plan.temporal_namespace}/workflows/"
+                f"{quote(info.workflow_id, safe='')}/{info.run_id}/history"
+            )
+        if self._status.e2e_url:
+            links["E2E build"] = self._status.e2e_url
+        try:
+            issue: FeedbackIssueResult = await workflow.execute_activity(
+                "tracker.open_issue",
+                FeedbackIssueInput(
+                    release_id=inp.release_id,
+                    environment=env.name,
+                    commit=inp.commit,
+                    cause=cause,
+                    digests={a.service: a.digest for a in ci.artifacts},
+                    links=links,
+                    revert_commit=revert,
+                ),
+                result_type=FeedbackIssueResult,
+                **activity_options(plan.activities, plan.feedback_queue),
+            )
+        except ActivityError as e:
+            self._status.notices_failed.append(f"feedback issue: {failure_message(e)}")
+            return
+        self._status.feedback_issue = issue.url
 
     async def _supply_chain(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult) -> None:
         """The environment's vulnerability policy and, where required, a verified cosign signature."""
@@ -443,12 +687,53 @@ class ReleaseWorkflow(GateHandlers):
         self._status.timings.setdefault(stage, {})["started"] = workflow.now().isoformat()
         workflow.set_current_details(details)
         self._upsert_stage(stage)
+        telemetry.log("stage entered", stage=stage, details=details)
 
-    def _finish_timing(self, stage: str) -> None:
-        self._status.timings.setdefault(stage, {})["ended"] = workflow.now().isoformat()
+    def _finish_timing(self, stage: str) -> float:
+        """Mark `stage` ended now and record its duration metric; returns the seconds it took."""
+        timing = self._status.timings.setdefault(stage, {})
+        now = workflow.now()
+        timing["ended"] = now.isoformat()
+        seconds = (now - datetime.fromisoformat(timing["started"])).total_seconds() if "started" in timing else 0.0
+        kind, _, place = stage.partition(":")
+        telemetry.stage_finished(kind, seconds, place)
+        return seconds
+
+    def _ended(self) -> None:
+        """The release's last words: the outcome metric, one log line and the report memo."""
+        telemetry.release_ended(self._status.outcome, self._current_env)
+        telemetry.log("release ended", stage=self._status.stage, outcome=self._status.outcome, error=self._status.error)
+        self._leave_record()
 
     def _upsert_stage(self, stage: str) -> None:
         workflow.upsert_search_attributes([search.RELEASE_STAGE.value_set(stage)])
+
+    def _leave_record(self) -> None:
+        """The ReleaseRecord in the memo, for `ferry report` (visibility only, no replays)."""
+        if not self._progressive:
+            return
+        record = release_record(
+            self._status,
+            self._records,
+            started_at=workflow.info().start_time.isoformat(),
+            ended_at=workflow.now().isoformat(),
+            error_type=self._failure_type,
+        )
+        workflow.upsert_memo({RELEASE_RECORD_MEMO: record})
+
+
+def _failure_type(err: BaseException) -> str:
+    """The type of the innermost ApplicationError (e.g. E2EFailed, UpstreamUnavailable), "Timeout" when the
+    innermost failure is a Temporal timeout, or ''. The report tells infrastructure failures apart by it."""
+    cause: BaseException | None = err
+    found = ""
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type:
+            found = cause.type
+        elif isinstance(cause, TemporalTimeoutError):
+            found = "Timeout"
+        cause = cause.__cause__
+    return found
 
 
 def _detail(err: BaseException, key: str) -> str:

@@ -4,8 +4,10 @@ GitOps moves only go forward (an ancestor of the running app commit is refused b
 is this workflow, started by `ferry rollback ENV --to RELEASE --comment TEXT`. It checks that the requester
 may roll that environment back, reads what the environment runs now (the "from" of the audit), confirms the
 images are still in the environment's Harbor, moves the environment with `rollback=True` (the GitOps commit
-carries a `Ferry-Rollback: <who>: <comment>` trailer) and syncs Argo CD at that commit. The audit entry (who,
-when, environment, from, to, comment) stays in the `status` query, refusals included.
+carries a `Ferry-Rollback: <who>: <comment>` trailer), syncs Argo CD at that commit and sees every Argo
+Rollout Healthy on those images (`workflows.progressive.restore`: the same way back as a release's automatic
+rollback). The audit entry (who, when, environment, from, to, comment) stays in the `status` query, refusals
+included.
 
 Freeze windows do not hold a rollback back: it is the incident's way out, and it is audited instead.
 Deterministic: no I/O, time from `workflow.now()`.
@@ -19,13 +21,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import search
+    from workflows import search, telemetry
     from workflows.ci import failure_message
     from workflows.environments import argocd_apps, image_pins
     from workflows.options import activity_options
+    from workflows.progressive import restore, rollout_refs, service_images
     from workflows.types import (
-        ArgoSyncInput,
-        ArgoSyncResult,
         ArtifactRef,
         DeployedInput,
         DeployedRevision,
@@ -130,6 +131,7 @@ class RollbackWorkflow:
             self._enter(f"failed:{stage}", f"FAILED at {stage}: {failure_message(e)}")
             raise ApplicationError(self._status.error, type=ROLLBACK_FAILED, non_retryable=True) from e
         self._status.outcome = "succeeded"
+        telemetry.rolled_back(env.name)
         self._enter("done", f"{env.name} rolled back to {inp.target_release_id} ({inp.target_commit[:12]})")
         return self.status()
 
@@ -137,7 +139,6 @@ class RollbackWorkflow:
         plan = inp.plan
         onprem = activity_options(plan.activities, plan.onprem_queue)
         site = activity_options(plan.activities, env.task_queue)
-        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
 
         self._enter("read", f"reading what {env.name} runs")
         deployed: DeployedRevision = await workflow.execute_activity(
@@ -188,14 +189,12 @@ class RollbackWorkflow:
 
         apps = argocd_apps(plan, env, inp.artifacts)
         self._enter("sync", f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
-        for app in apps:
-            synced: ArgoSyncResult = await workflow.execute_activity(
-                "argocd.sync",
-                ArgoSyncInput(instance=env.site, app=app, revision=move.commit),
-                result_type=ArgoSyncResult,
-                **site_waits,
-            )
-            self._status.apps[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+        # The same way back as a release's automatic rollback: sync, then every Rollout Healthy on the images.
+        images = service_images(env, inp.artifacts, image_pins(env, inp.artifacts))
+        refs = rollout_refs(env, [a.service for a in inp.artifacts])
+        await restore(
+            plan, env, move.commit, apps, {svc: (ref, images[svc]) for svc, ref in refs.items()}, self._status.apps
+        )
 
     # --- bookkeeping ---
 
@@ -219,3 +218,4 @@ class RollbackWorkflow:
         self._status.stage = stage
         workflow.set_current_details(details)
         workflow.upsert_search_attributes([search.RELEASE_STAGE.value_set(f"rollback:{stage}")])
+        telemetry.log("stage entered", stage=f"rollback:{stage}", details=details)

@@ -48,6 +48,15 @@ class EnvironmentSpec:
     block_severity: str | None = None
     allow_cves: list[AllowedCveSpec] = field(default_factory=list)
     require_signature: bool = False
+    # Progressive delivery: service -> Argo Rollout name in `rollout_namespace` of the site's cluster. A
+    # service with a Rollout here is followed step by step after the sync instead of waiting for Healthy.
+    rollouts: dict[str, str] = field(default_factory=dict)
+    rollout_namespace: str = ""
+    promotion: str = "auto"  # auto (promote after soak_seconds) | approval (promote on `ferry promote`)
+    soak_seconds: float = 0.0
+    # A failed verification (Degraded sync, aborted rollout, failed E2E) reverts this environment's GitOps
+    # commit and ends the release `rolled_back`.
+    auto_rollback: bool = True
 
 
 @dataclass
@@ -114,6 +123,9 @@ class ReleasePlan:
     change_engine: str = "paths"
     global_paths: list[str] | None = None
     package_manifests: bool = False
+    feedback_queue: str = ""  # task queue of the site whose worker opens tracker issues; "" = no issues
+    ui_url: str = ""  # Temporal UI base URL, for links in notifications and issues
+    temporal_namespace: str = "default"
 
 
 # --- workflow inputs and outputs ---
@@ -171,6 +183,7 @@ class CIResult:
     nothing_to_release: bool = False
     author_name: str = ""
     author_email: str = ""
+    committed_at: str = ""
 
 
 # --- activity inputs and outputs ---
@@ -207,6 +220,7 @@ class ChangeSet:
     reasons: dict[str, str]
     author_name: str = ""
     author_email: str = ""
+    committed_at: str = ""  # committer date (ISO 8601, UTC): the start of the DORA lead time
 
 
 @dataclass
@@ -347,12 +361,46 @@ class GitOpsMoveResult:
 
 
 @dataclass
+class GitOpsRevertInput:
+    """Revert one GitOps move commit of an environment (automatic rollback), never anyone's newer commit.
+
+    `images` are the pins that move set: when the environment's file no longer pins them (a newer move
+    replaced them) nothing is reverted. Running it twice makes one revert commit (`Ferry-Reverts:` trailer).
+    """
+
+    repo_url: str
+    branch: str
+    environment: str
+    path: str
+    commit: str
+    images: list[ImagePin]
+    release_id: str
+    reason: str
+
+
+@dataclass
+class GitOpsRevertResult:
+    """The revert commit (or the existing one), or why nothing was reverted; what the environment pins now."""
+
+    commit: str
+    changed: bool
+    skipped: str = ""
+    app_commit: str = ""  # the app commit the environment runs after the revert ("" if unknown)
+    images: list[ImagePin] = field(default_factory=list)  # the pins of the move's images after the revert
+
+
+@dataclass
 class ArgoSyncInput:
-    """Sync an Argo CD application to an exact revision and wait for Synced + Healthy there."""
+    """Sync an Argo CD application to an exact revision and wait for Synced + Healthy there.
+
+    `wait_healthy=False` returns once Synced at the revision: an app whose Rollout pauses between canary
+    steps is Suspended, not Healthy, and is followed by the rollouts activities instead.
+    """
 
     instance: str
     app: str
     revision: str
+    wait_healthy: bool = True
 
 
 @dataclass
@@ -439,13 +487,29 @@ class GateStatus:
 
 
 @dataclass
+class RolloutProgress:
+    """One service's Argo Rollout in one environment, as the `status` query shows it."""
+
+    name: str
+    strategy: str = ""
+    phase: str = ""
+    step: int = 0
+    steps: int = 0
+    weight: int = 0
+    message: str = ""
+    promoted_steps: list[str] = field(default_factory=list)  # "step 1 (setWeight 20) by soak at ..."
+
+
+@dataclass
 class EnvironmentStatus:
     """Where an environment stands for this release."""
 
     name: str
-    state: str = "pending"  # pending | moving | syncing | verifying | deployed | failed
+    state: str = "pending"  # pending | moving | syncing | rolling_out | verifying | deployed | failed | rolled_back
     gitops_commit: str = ""
     apps: dict[str, str] = field(default_factory=dict)
+    rollouts: dict[str, RolloutProgress] = field(default_factory=dict)  # service -> its Rollout's progress
+    revert_commit: str = ""
 
 
 @dataclass
@@ -456,7 +520,8 @@ class ReleaseStatus:
     commit: str
     branch: str
     stage: str
-    outcome: str = "running"  # running | succeeded | failed | rejected | expired | superseded | nothing_to_release
+    # running | succeeded | failed | rejected | expired | superseded | nothing_to_release | rolled_back
+    outcome: str = "running"
     services: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
     gates: list[GateStatus] = field(default_factory=list)
@@ -469,6 +534,8 @@ class ReleaseStatus:
     allowed_findings: dict[str, list[str]] = field(default_factory=dict)
     notices_failed: list[str] = field(default_factory=list)
     superseded_by: str = ""
+    rollback_cause: str = ""  # why the release was rolled back (outcome rolled_back)
+    feedback_issue: str = ""  # URL of the tracker issue opened for a production rollback
 
 
 # --- supply chain and notifications ---
@@ -540,6 +607,9 @@ class CommitSignal:
     build_url: str = ""
     base_commit: str | None = None
     only_services: list[str] = field(default_factory=list)
+    # ferry.yaml as the CLI read it when the commit was pushed: the release runs on it, so a changed config
+    # reaches the next release without restarting the coordinator. None (older callers): the coordinator's.
+    plan: ReleasePlan | None = None
 
 
 @dataclass
@@ -681,3 +751,133 @@ class RollbackStatus:
     apps: dict[str, str] = field(default_factory=dict)
     audit: list[RollbackAuditEntry] = field(default_factory=list)
     error: str = ""
+
+
+# --- progressive delivery (Argo Rollouts) ---
+
+
+@dataclass
+class RolloutRef:
+    """An Argo Rollout in the cluster of a site (`instance`)."""
+
+    instance: str
+    namespace: str
+    name: str
+
+
+@dataclass
+class RolloutState:
+    """What Ferry reads of a Rollout (argoproj.io/v1alpha1), trusted only once observedGeneration caught up."""
+
+    name: str
+    phase: str  # Healthy | Progressing | Paused | Degraded
+    message: str = ""
+    strategy: str = "canary"  # canary | blueGreen
+    step: int = 0  # status.currentStepIndex (canary); 0 for blue-green
+    steps: int = 0  # number of canary steps
+    step_kind: str = ""  # the current step, e.g. "setWeight 20", "pause", "analysis", "" at the end
+    weight: int = 0  # traffic on the new revision, percent
+    pause_reasons: list[str] = field(default_factory=list)  # CanaryPauseStep, BlueGreenPause, ...
+    aborted: bool = False
+    promoted: bool = False  # the new revision is the stable one (stableRS == currentPodHash)
+    images: list[str] = field(default_factory=list)  # spec.template container images (name@digest)
+
+
+@dataclass
+class RolloutWaitInput:
+    """Wait until a Rollout running `images` reaches a decision point: a pause past `after_step`,
+    Healthy and fully promoted, or Degraded/aborted. Heartbeats; resumes after a worker restart."""
+
+    rollout: RolloutRef
+    images: list[str]
+    after_step: int = -1
+
+
+@dataclass
+class RolloutPromoteInput:
+    """Promote a Rollout paused at `step` (kubectl argo rollouts promote); a no-op once it moved past it."""
+
+    rollout: RolloutRef
+    step: int
+    full: bool = False
+    # The images the promoted revision runs: a Rollout that runs others (a newer release's revision paused at
+    # the same step) is left alone. Empty: no check.
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RolloutPromoteRequest:
+    """A person promotes the paused Rollouts of an environment (`ferry promote`), when promotion is `approval`."""
+
+    environment: str
+    user: str
+    email: str = ""
+    comment: str = ""
+    full: bool = False
+    channel: str = "cli"
+
+
+# --- feedback ---
+
+
+@dataclass
+class FeedbackIssueInput:
+    """Open (once) an issue in the app repo's tracker about a production rollback."""
+
+    release_id: str
+    environment: str
+    commit: str
+    cause: str
+    digests: dict[str, str]  # service -> digest that was rolled back
+    links: dict[str, str] = field(default_factory=dict)  # label -> URL (Temporal UI, E2E build, Argo CD)
+    revert_commit: str = ""
+
+
+@dataclass
+class FeedbackIssueResult:
+    """The tracker issue: its web URL and number, and whether this call created it."""
+
+    url: str
+    number: int
+    created: bool
+
+
+# --- reporting ---
+
+# The memo key under which a Release leaves its ReleaseRecord when it ends (read by `ferry report`).
+RELEASE_RECORD_MEMO = "ferry.release"
+
+
+@dataclass
+class EnvironmentRecord:
+    """One environment in one release, for DORA: when it moved, when it was deployed, failed, restored.
+
+    Times are ISO 8601 (UTC) from the workflow clock; "" when it did not happen.
+    """
+
+    moved_at: str = ""  # GitOps commit made (a deployment started)
+    deployed_at: str = ""  # verified: synced, rolled out, E2E passed
+    failed_at: str = ""  # a verification failed (Degraded, aborted rollout, failed E2E)
+    restored_at: str = ""  # back Healthy on the previous version after the automatic rollback
+    rolled_back: bool = False
+    digests: dict[str, str] = field(default_factory=dict)  # service -> digest moved there
+
+
+@dataclass
+class ReleaseRecord:
+    """What a Release leaves in its memo (`ferry.release`) when it ends: enough for `ferry report` to compute
+    the DORA metrics, stage times and SLOs from visibility alone, without replaying histories."""
+
+    release_id: str
+    commit: str
+    branch: str
+    services: list[str]
+    outcome: str  # as ReleaseStatus.outcome
+    committed_at: str  # "" when unknown (CI did not run)
+    started_at: str
+    ended_at: str
+    environments: dict[str, EnvironmentRecord] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds (gate:<env> is waiting time)
+    failed_stage: str = ""
+    error_type: str = ""  # the ApplicationError type that failed the release, e.g. QualityGateFailed
+    cause: str = ""

@@ -38,6 +38,9 @@ scenario file (YAML; missing file or keys = all healthy):
   health: {{shop-production: Degraded}}     # Argo CD app -> health after sync
   e2e: {{result: failed}}                   # passed (default) | failed | canceled
   replication: {{result: Failed}}           # Succeed (default) | Failed
+  rollouts:                               # Argo Rollout name -> how its next update fails (aborted, Degraded)
+    api: {{fail_at_step: 2}}                # canary step index: an analysis there fails, any other step aborts
+    web: {{fail: true}}                     # its first analysis (canary step or blue-green pre-promotion)
   rancher:
     reject_chart: {{harbor: "chart harbor 9.9.9 not found in repo"}}  # install/upgrade -> 404 with that reason
     install_errors: {{harbor: 1}}           # the next N install/upgrade actions of the chart -> 503
@@ -48,7 +51,8 @@ harbor-onprem starts with registry 1 (harbor-cloud) and replication policy 1 "fe
 
 kube serves the Kubernetes API of any number of clusters, cluster NAME at /clusters/NAME (use that URL as
   the cluster's api_endpoint); Rancher marks an imported cluster active once its registration manifest's
-  agent Deployment and credentials Secret were applied there.
+  agent Deployment and credentials Secret were applied there. It also serves the Argo Rollouts (argoproj.io/
+  v1alpha1 rollouts, GET and merge-patch PATCH incl. /status) that Argo CD synced to cluster `onprem`/`cloud`.
 
 inspection: GET /_sandbox/state on any stand-in returns the whole world as JSON (no faults, no auth).
 

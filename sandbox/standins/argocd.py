@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.standins.rollouts import worst_health
 from sandbox.standins.world import iso_s, split_image
 
 if TYPE_CHECKING:
@@ -97,10 +98,12 @@ def _kind(repo: Path, sha: str, path: str) -> str | None:
 
 @dataclass
 class Target:
-    """The generated target state: the resolved commit and the kustomization's image overrides."""
+    """The generated target state: the resolved commit, the kustomization's image overrides, and the
+    workload objects (Deployments, Argo Rollouts, AnalysisTemplates) as kustomize would render them."""
 
     revision: str
     images: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_target(repo_url: str, revision: str, path: str) -> Target:
@@ -119,12 +122,29 @@ def read_target(repo_url: str, revision: str, path: str) -> Target:
     if root.startswith(".."):
         raise SyncError(f"ComparisonError: path {path} is outside the repository")
     root = "" if root == "." else root
-    kustomization = _load_kustomization(repo, sha, root, depth=0)
+    objects: list[dict[str, Any]] = []
+    kustomization = _load_kustomization(repo, sha, root, depth=0, objects=objects)
     images = kustomization.get("images") or []
-    return Target(sha, images)
+    return Target(sha, images, [o for o in objects if (o.get("apiVersion"), o.get("kind")) in RENDERED_KINDS])
 
 
-def _load_kustomization(repo: Path, sha: str, folder: str, depth: int) -> dict[str, Any]:
+# What a sync hands to the cluster stand-ins (sandbox/standins/rollouts.py); other kinds are only validated.
+RENDERED_KINDS = {
+    ("apps/v1", "Deployment"),
+    ("argoproj.io/v1alpha1", "Rollout"),
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"),
+}
+
+
+def _load_kustomization(
+    repo: Path, sha: str, folder: str, depth: int, objects: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Validate `folder`'s kustomization (recursively) and append the objects it renders to `objects`.
+
+    Rendering covers what the stand-ins simulate: resources and components (Components are included like
+    resources), then this level's `namespace` and `images` transformers. Patches, labels and generators are
+    not applied: nothing the stand-ins simulate depends on them.
+    """
     where = folder or "."
     if depth > 8:
         raise SyncError(f"ComparisonError: kustomize build {where} failed: resources nest too deep (cycle?)")
@@ -152,7 +172,11 @@ def _load_kustomization(repo: Path, sha: str, folder: str, depth: int) -> dict[s
     images = data.get("images") or []
     if not isinstance(images, list) or not all(isinstance(i, dict) and i.get("name") for i in images):
         raise SyncError(f"{fail}: 'images' must be a list of mappings with a 'name'")
-    for resource in resources:
+    components = data.get("components") or []
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise SyncError(f"{fail}: 'components' must be a list of paths")
+    mine: list[dict[str, Any]] = []
+    for resource in [*resources, *components]:
         if "://" in resource or resource.startswith(("github.com/", "git@")):
             continue  # remote bases are not fetched by the stand-in
         target = posixpath.normpath(posixpath.join(folder, resource))
@@ -161,15 +185,57 @@ def _load_kustomization(repo: Path, sha: str, folder: str, depth: int) -> dict[s
         target = "" if target == "." else target
         kind = _kind(repo, sha, target)
         if kind == "tree":
-            _load_kustomization(repo, sha, target, depth + 1)
+            _load_kustomization(repo, sha, target, depth + 1, mine)
         elif kind == "blob":
             try:
-                list(yaml.safe_load_all(_show(repo, sha, target) or ""))
+                docs = list(yaml.safe_load_all(_show(repo, sha, target) or ""))
             except yaml.YAMLError as e:
                 raise SyncError(f"{fail}: resource {resource}: invalid YAML: {e}") from None
+            mine += [d for d in docs if isinstance(d, dict)]
         else:
             raise SyncError(f"{fail}: accumulating resources: '{resource}' does not exist at revision {sha[:12]}")
+    if objects is not None:
+        namespace = data.get("namespace")
+        for obj in mine:
+            if namespace and isinstance(obj.get("metadata"), dict):
+                obj["metadata"]["namespace"] = str(namespace)
+            _set_images(obj, images)
+        objects += mine
     return data
+
+
+def _set_images(node: Any, images: list[dict[str, Any]]) -> None:
+    """kustomize's images transformer: rewrite `image` of every `containers`/`initContainers` entry, in any kind."""
+    if isinstance(node, list):
+        for item in node:
+            _set_images(item, images)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("containers", "initContainers") and isinstance(value, list):
+            for container in value:
+                if isinstance(container, dict) and isinstance(container.get("image"), str):
+                    container["image"] = _retag(container["image"], images)
+        else:
+            _set_images(value, images)
+
+
+def _retag(image: str, images: list[dict[str, Any]]) -> str:
+    """One image reference after the `images:` entry naming it (name, name:tag or name@digest) is applied."""
+    name, sep, rest = image.partition("@")
+    if not sep:
+        head, colon, tag = name.rpartition(":")
+        if colon and "/" not in tag:
+            name, sep, rest = head, ":", tag
+    for entry in images:
+        if entry.get("name") == name:
+            if entry.get("digest"):
+                sep, rest = "@", str(entry["digest"])
+            elif entry.get("newTag"):
+                sep, rest = ":", str(entry["newTag"])
+            return f"{entry.get('newName') or name}{sep}{rest}"
+    return image
 
 
 def image_ref(entry: dict[str, Any]) -> str:
@@ -187,11 +253,12 @@ def image_ref(entry: dict[str, Any]) -> str:
 
 @dataclass
 class Deployed:
-    """What the last successful sync put on the cluster."""
+    """What the last successful sync put on the cluster (and the Argo Rollouts among it)."""
 
     revision: str
     images: list[str]
     finished_at: float
+    rollouts: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -321,7 +388,10 @@ class ArgoInstance:
             )
             if not dry_run:
                 app.sync_status, app.sync_revision = "Synced", target.revision
-                app.deployed = Deployed(target.revision, [image_ref(i) for i in target.images], at)
+                namespace = str((app.obj["spec"].get("destination") or {}).get("namespace") or "default")
+                # The app's site is the cluster it deploys to; its Rollouts run there from now on.
+                rollouts = world.rollouts.deploy(self.site, namespace, target.objects, at)
+                app.deployed = Deployed(target.revision, [image_ref(i) for i in target.images], at, rollouts)
                 app.history.append(
                     {
                         "id": app.next_history_id,
@@ -359,7 +429,8 @@ class ArgoInstance:
             problem = self.pull_problem(image)
             if problem:
                 return {"status": "Degraded", "message": problem}
-        return {"status": "Healthy"}
+        # Argo Rollouts through Argo CD's Rollout health check (Paused -> Suspended); the worst one wins.
+        return worst_health({"status": "Healthy"}, *(self.world.rollouts.health(key) for key in deployed.rollouts))
 
     def pull_problem(self, image: str) -> str | None:
         """Why a pod of this site could not pull `image`, or None if it can."""

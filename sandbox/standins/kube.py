@@ -12,6 +12,9 @@ kinds in that manifest. The Kubernetes conventions (Status objects for errors, 2
 `metadata.namespace`) follow the Kubernetes API conventions; no spec in `specs/` restates them. Applied
 objects are handed to the Rancher stand-in, whose simulated agent connects once its Deployment and
 credentials Secret are present.
+
+Argo Rollouts are served here too (sandbox/standins/rollouts.py): the Argo CD stand-in puts the Rollouts it
+synced, and the Deployments their `workloadRef` names, into the cluster named after its site (`cloud`).
 """
 
 from __future__ import annotations
@@ -232,9 +235,12 @@ def build_app(world: World) -> Starlette:
     async def no_method(request: Request, exc: Exception) -> Response:
         return status_error(405, "MethodNotAllowed", f"{request.method} is not supported by the stand-in here")
 
+    from sandbox.standins.rollouts import routes as rollout_routes
+
     base = "/clusters/{cluster}"
     core, groups = f"{base}/api/v1", f"{base}/apis/{{group}}/{{version}}"
-    routes = [Route(f"{base}/version", version, methods=["GET"])]
+    # Argo Rollouts (argoproj.io/v1alpha1 rollouts, with their status subresource) before the generic paths.
+    routes = [Route(f"{base}/version", version, methods=["GET"]), *rollout_routes(world)]
     for prefix in (core, groups):
         for path in (f"{prefix}/{{plural}}/{{name}}", f"{prefix}/namespaces/{{namespace}}/{{plural}}/{{name}}"):
             routes += [Route(path, get, methods=["GET"]), Route(path, apply, methods=["PATCH"])]

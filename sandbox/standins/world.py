@@ -82,6 +82,7 @@ class Scenario:
     e2e_result: str = "passed"
     replication_result: str = "Succeed"
     rancher: Mapping[str, Any] = field(default_factory=dict)  # see sandbox.standins.rancher.parse_rancher_scenario
+    rollouts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # Rollout name -> {fail, fail_at_step}
 
     def fault_for(self, name: str) -> Fault:
         """The fault of one stand-in: its own keys override those of "*"."""
@@ -104,6 +105,10 @@ class Scenario:
     def failing_task(self, service: str) -> str | None:
         """The task in which this service's PipelineRun fails, or None."""
         return self.pipeline_failures.get(service)
+
+    def rollout_failure(self, rollout: str) -> Mapping[str, Any] | None:
+        """How an Argo Rollout's update fails ({fail: true} or {fail_at_step: N}), or None when it succeeds."""
+        return self.rollouts.get(rollout)
 
     def health_for(self, app: str) -> str | None:
         """Forced health of an Argo CD application after sync, or None."""
@@ -130,6 +135,7 @@ _TOP_KEYS = {
     "e2e",
     "replication",
     "rancher",
+    "rollouts",
 }
 
 
@@ -221,6 +227,16 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
 
     rancher = parse_rancher_scenario(data.get("rancher"), source)
 
+    rollouts = mapping("rollouts")
+    for name, failure in rollouts.items():
+        if not isinstance(failure, dict) or not failure or set(failure) - {"fail", "fail_at_step"}:
+            raise ScenarioError(f"{source}: rollouts.{name}: must be {{fail: true}} or {{fail_at_step: N}}")
+        if not isinstance(failure.get("fail", False), bool):
+            raise ScenarioError(f"{source}: rollouts.{name}.fail: must be true or false")
+        step = failure.get("fail_at_step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ScenarioError(f"{source}: rollouts.{name}.fail_at_step: must be a step index (0, 1, ...)")
+
     return Scenario(
         faults=faults,
         quality_gate=gates,
@@ -230,6 +246,7 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
         e2e_result=result,
         replication_result=repl,
         rancher=rancher,
+        rollouts=rollouts,
     )
 
 
@@ -288,6 +305,7 @@ class World:
         from sandbox.standins.harbor import HarborInstance
         from sandbox.standins.kube import KubeState
         from sandbox.standins.rancher import RancherState
+        from sandbox.standins.rollouts import RolloutsState
         from sandbox.standins.sonarqube import SonarState
         from sandbox.standins.tekton import TektonState
 
@@ -318,6 +336,7 @@ class World:
         self.buildkite = BuildkiteState(self)
         self.rancher = RancherState(self)
         self.kube = KubeState(self)
+        self.rollouts = RolloutsState(self)
 
     # --- clock and events ---
 
@@ -411,6 +430,7 @@ class World:
                 "buildkite": self.buildkite.snapshot(),
                 "rancher": self.rancher.snapshot(),
                 "kube": self.kube.snapshot(),
+                "rollouts": self.rollouts.snapshot(),
             }
 
 
