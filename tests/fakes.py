@@ -19,6 +19,8 @@ from workflows.types import (
     ArgoSyncResult,
     ArtifactRef,
     ChangeSet,
+    DeployedInput,
+    DeployedRevision,
     E2EInput,
     E2EResult,
     FeedbackIssueInput,
@@ -70,6 +72,8 @@ class Fakes:
     canary_fails_at: int | None = None  # the step whose analysis fails (the controller aborts)
     newer_commit: bool = False  # a newer GitOps commit replaced the release's pins before the revert
     reverted: set[str] = field(default_factory=set)  # revert commits made (Argo CD is healthy there)
+    promoted_full: set[str] = field(default_factory=set)  # Rollouts promoted in full (Healthy on their images)
+    running: str = "0" * 40  # the app commit `gitops.deployed` says every environment runs
 
     def _log(self, name: str, arg: object) -> None:
         self.calls.append((name, activity.info().task_queue, arg))
@@ -151,6 +155,11 @@ class Fakes:
             previous = [ImagePin(p.name, p.new_name, PREVIOUS_DIGEST) for p in inp.images]
             return GitOpsRevertResult(commit=sha, changed=True, app_commit="0" * 40, images=previous)
 
+        @activity.defn(name="gitops.deployed")
+        async def deployed(inp: DeployedInput) -> DeployedRevision:
+            self._log("gitops.deployed", inp)
+            return DeployedRevision(environment=inp.environment, app_commit=self.running, gitops_commit="9" * 40)
+
         @activity.defn(name="tracker.open_issue")
         async def issue(inp: FeedbackIssueInput) -> FeedbackIssueResult:
             self._log("tracker.open_issue", inp)
@@ -179,7 +188,7 @@ class Fakes:
             self._log("notify.webhook", inp)
             return "200"
 
-        fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, issue, e2e, sign]
+        fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, deployed, issue, e2e, sign]
         fakes += self._both()
         return [*fakes, notify_fake] if notify else fakes
 
@@ -230,7 +239,7 @@ class Fakes:
         @activity.defn(name="rollouts.wait")
         async def wait(inp: RolloutWaitInput) -> RolloutState:
             self._log("rollouts.wait", inp)
-            if all(PREVIOUS_DIGEST in i for i in inp.images):
+            if all(PREVIOUS_DIGEST in i for i in inp.images) or inp.rollout.name in self.promoted_full:
                 return state(inp.rollout, inp.images, self.canary_steps, phase="Healthy", promoted=True)
             step = inp.after_step + 1
             if self.canary_fails_at is not None and step >= self.canary_fails_at:
@@ -249,6 +258,8 @@ class Fakes:
         @activity.defn(name="rollouts.promote")
         async def promote(inp: RolloutPromoteInput) -> RolloutState:
             self._log("rollouts.promote", inp)
+            if inp.full:
+                self.promoted_full.add(inp.rollout.name)
             return state(inp.rollout, [], inp.step + 1, phase="Progressing")
 
         @activity.defn(name="rollouts.abort")

@@ -25,7 +25,6 @@ import git
 import pytest
 from fakes import Fakes
 from sample import sample_config
-from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
@@ -283,15 +282,6 @@ async def env(time_env: WorkflowEnvironment) -> WorkflowEnvironment:
     return time_env
 
 
-def deployed_fake(fakes: Fakes, running: str = RUNNING):
-    @activity.defn(name="gitops.deployed")
-    async def deployed(inp: DeployedInput) -> DeployedRevision:
-        fakes.calls.append(("gitops.deployed", activity.info().task_queue, inp))
-        return DeployedRevision(environment=inp.environment, app_commit=running, gitops_commit="9" * 40)
-
-    return deployed
-
-
 @asynccontextmanager
 async def running(env: WorkflowEnvironment, fakes: Fakes, *, release: bool = False) -> AsyncIterator[FerryConfig]:
     """Both workers on per-test task queues; yields the config that names them."""
@@ -305,7 +295,7 @@ async def running(env: WorkflowEnvironment, fakes: Fakes, *, release: bool = Fal
             env.client,
             task_queue=cfg.task_queue("onprem"),
             workflows=workflows,
-            activities=[*fakes.onprem(), deployed_fake(fakes)],
+            activities=fakes.onprem(),
         ),
         Worker(env.client, task_queue=cfg.task_queue("cloud"), activities=fakes.cloud()),
     ):
@@ -338,7 +328,7 @@ async def run_rollback(env: WorkflowEnvironment, inp: RollbackInput) -> Rollback
 
 
 async def test_rollback_by_a_gate_member_moves_syncs_and_is_audited(env: WorkflowEnvironment) -> None:
-    fakes = Fakes()
+    fakes = Fakes(running=RUNNING)
     async with running(env, fakes) as cfg:
         inp = rollback_request(cfg, "quinn")  # qa decides the staging gate
         result = await run_rollback(env, inp)
@@ -373,7 +363,7 @@ async def test_rollback_by_a_gate_member_moves_syncs_and_is_audited(env: Workflo
 
 
 async def test_an_unauthorised_requester_is_refused_and_audited(env: WorkflowEnvironment) -> None:
-    fakes = Fakes()
+    fakes = Fakes(running=RUNNING)
     async with running(env, fakes) as cfg:
         refused = await run_rollback(env, rollback_request(cfg, "mallory"))
         not_qa = await run_rollback(env, rollback_request(cfg, "dev", email="dev@example.com", channel="buildkite"))
@@ -390,7 +380,7 @@ async def test_an_unauthorised_requester_is_refused_and_audited(env: WorkflowEnv
 async def test_release_managers_may_roll_back_anywhere_and_any_gate_member_an_ungated_env(
     env: WorkflowEnvironment,
 ) -> None:
-    fakes = Fakes()
+    fakes = Fakes(running=RUNNING)
     async with running(env, fakes) as cfg:
         rita = await run_rollback(env, rollback_request(cfg, "rita"))  # release manager, not qa
         testbed = await run_rollback(env, rollback_request(cfg, "quentin", environment="testbed"))
@@ -406,7 +396,7 @@ async def test_release_managers_may_roll_back_anywhere_and_any_gate_member_an_un
 
 
 async def test_a_failed_sync_fails_the_rollback_and_keeps_the_audit(env: WorkflowEnvironment) -> None:
-    fakes = Fakes(degraded={"shop-staging"})
+    fakes = Fakes(degraded={"shop-staging"}, running=RUNNING)
     async with running(env, fakes) as cfg:
         with pytest.raises(WorkflowFailureError) as err:
             await run_rollback(env, rollback_request(cfg, "quinn"))
@@ -453,7 +443,7 @@ def cli_args(**kw) -> argparse.Namespace:
 async def test_ferry_rollback_reads_the_release_and_runs_the_rollback(
     env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fakes = Fakes(affected=["api"])
+    fakes = Fakes(affected=["api"], running=RUNNING)
     async with running(env, fakes, release=True) as cfg:
 
         async def client_for(_cfg: FerryConfig):

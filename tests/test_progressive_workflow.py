@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import uuid
@@ -12,20 +13,25 @@ from pathlib import Path
 import pytest
 from fakes import PREVIOUS_DIGEST, Fakes
 from sample import sample_config
-from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from common.config import parse_config
 from common.plan import build_plan
+from starters import release_cmds
+from starters.cli import build_parser
+from starters.common import FAILED, OK, CommandError
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow
+from workflows.rollback import RollbackWorkflow
 from workflows.types import (
     RELEASE_RECORD_MEMO,
+    Artifact,
     Decision,
     ReleaseInput,
     ReleaseStatus,
-    RolloutPromoteRequest,
+    RollbackInput,
 )
 
 COMMIT = "b1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"
@@ -48,7 +54,12 @@ async def running(env: WorkflowEnvironment, fakes: Fakes) -> AsyncIterator[tuple
     suffix = uuid.uuid4().hex[:8]
     onprem, cloud = f"onprem-{suffix}", f"cloud-{suffix}"
     async with (
-        Worker(env.client, task_queue=onprem, workflows=[ReleaseWorkflow, CIWorkflow], activities=fakes.onprem()),
+        Worker(
+            env.client,
+            task_queue=onprem,
+            workflows=[ReleaseWorkflow, CIWorkflow, RollbackWorkflow],
+            activities=fakes.onprem(),
+        ),
         Worker(env.client, task_queue=cloud, activities=fakes.cloud()),
     ):
         yield onprem, cloud
@@ -118,11 +129,24 @@ async def test_canary_steps_are_promoted_after_the_soak_and_production_is_health
     assert memo["stages"]["rollout:production"] >= 3 * 300  # three soaks of 300 s on the workflow clock
 
 
-async def test_approval_promotion_waits_for_a_member_of_the_gate(env: WorkflowEnvironment) -> None:
+async def test_approval_promotion_waits_for_ferry_promote_by_a_member_of_the_gate(
+    env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def client_for(_cfg: object) -> object:
+        return env.client
+
+    monkeypatch.setattr(release_cmds, "client_for", client_for)
+    cfg = parse_config(sample_config())
     fakes = Fakes(affected=["api"], canary_steps=2)
     async with running(env, fakes) as (onprem, cloud):
         handle = await start(env, onprem, cloud, promotion="approval")
         await approve_gates(handle)
+
+        def promote(user: str) -> argparse.Namespace:
+            return build_parser().parse_args(
+                ["promote", handle.id, "--stage", "production", "--as", user, "--comment", "canary looks fine"]
+            )
+
         for step in range(2):
             await until(
                 handle,
@@ -133,18 +157,15 @@ async def test_approval_promotion_waits_for_a_member_of_the_gate(env: WorkflowEn
                 ),
                 f"pause {step}",
             )
-            with pytest.raises(WorkflowUpdateFailedError) as refused:
-                await handle.execute_update(
-                    ReleaseWorkflow.promote, RolloutPromoteRequest(environment="production", user="mallory")
-                )
-            assert "may not promote production" in str(refused.value.cause)
-            await handle.execute_update(
-                ReleaseWorkflow.promote, RolloutPromoteRequest(environment="production", user="rita", comment="ok")
-            )
+            with pytest.raises(CommandError) as refused:
+                await release_cmds.promote(cfg, promote("mallory"))
+            assert refused.value.code == FAILED and "mallory may not promote production" in str(refused.value)
+            assert await release_cmds.promote(cfg, promote("rita")) == OK
+            assert "production: promotion of production accepted (by rita)" in capsys.readouterr().out
         result = await handle.result()
     assert result.outcome == "succeeded"
     promoted = [a for a in result.audit if a.action == "promoted"]
-    assert [(a.stage, a.user) for a in promoted] == [("rollout:production", "rita")] * 2
+    assert [(a.stage, a.user, a.comment) for a in promoted] == [("rollout:production", "rita", "canary looks fine")] * 2
     assert all("promoted by rita" in p for p in result.environments[-1].rollouts["api"].promoted_steps)
 
 
@@ -205,3 +226,34 @@ async def test_without_auto_rollback_a_failed_verification_fails_the_release(env
         status = await handle.query(ReleaseWorkflow.status)
     assert status.outcome == "failed" and status.error.startswith("rollout:production:")
     assert not fakes.names("gitops.revert")
+
+
+async def test_manual_rollback_of_production_restores_the_rollout_the_same_way(env: WorkflowEnvironment) -> None:
+    """`ferry rollback production`: sync without waiting for Healthy, then the Rollout promoted in full to the
+    target images (an older revision is not canaried again) and seen Healthy on them."""
+    fakes = Fakes(affected=["api"])
+    async with running(env, fakes) as (onprem, cloud):
+        cfg = sample_config()
+        cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
+        plan = build_plan(parse_config(cfg))
+        production = plan.environments[-1]
+        target = "sha256:" + "7" * 64
+        inp = RollbackInput(
+            environment="production",
+            target_release_id="shop-0a0a0a0a0a0a",
+            target_commit="0a" * 20,
+            artifacts=[Artifact(service="api", repository="api", digest=target)],
+            comment="error budget burnt since the last release",
+            requested_by="rita",
+            plan=plan,
+        )
+        result = await env.client.execute_workflow(
+            RollbackWorkflow.run, inp, id=f"rollback/test/{uuid.uuid4().hex[:8]}", task_queue=onprem
+        )
+
+    assert result.outcome == "succeeded"
+    image = f"{production.harbor_registry}/{production.harbor_project}/api@{target}"
+    assert [(a.app, a.wait_healthy) for _, a in fakes.names("argocd.sync")] == [("shop-production", False)]
+    assert [(a.rollout.name, a.full, a.images) for _, a in fakes.names("rollouts.promote")] == [("api", True, [image])]
+    waits = [a.images for _, a in fakes.names("rollouts.wait")]
+    assert waits == [[image], [image]]  # paused on the target, promoted in full, then Healthy on it
