@@ -29,6 +29,7 @@ BROKEN_KUSTOMIZATION = "BrokenKustomization"
 BAD_COMMIT = "BadCommit"
 NOT_CONFIGURED = "NotConfigured"
 NON_MONOTONIC_MOVE = "NonMonotonicMove"  # an environment would go back to an older app commit
+ROLLOUT_REPLACED = "RolloutReplaced"  # the Rollout runs another change's images: nothing of ours to follow
 
 
 def fatal(message: str, type: str, **details: object) -> ApplicationError:

@@ -16,6 +16,7 @@ equals the Deployment's `metadata.generation`. Without traffic routing the canar
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,7 @@ import httpx
 from temporalio import activity
 
 from activities import waiting
-from activities.errors import BAD_REQUEST, NOT_FOUND, fatal
+from activities.errors import BAD_REQUEST, NOT_FOUND, ROLLOUT_REPLACED, fatal
 from activities.http import ApiClient
 from activities.site_clients import SiteClients
 from common.config import Endpoint
@@ -234,6 +235,10 @@ class RolloutsActivities(SiteClients[RolloutsClient, Endpoint]):
 
     system = "kubernetes"
     label = "Kubernetes (Argo Rollouts)"
+    # How long a Rollout may run other images than the awaited ones, with its controller caught up, before the
+    # wait gives up: Argo CD had already synced ours, so someone else's change (a newer release, a manual
+    # rollback) replaced them. Following it would wait for a revision that will never come.
+    replaced_after_seconds = 120.0
 
     @classmethod
     def build_client(cls, endpoint: Endpoint, transport: httpx.AsyncBaseTransport | None, site: str) -> RolloutsClient:
@@ -266,12 +271,28 @@ class RolloutsActivities(SiteClients[RolloutsClient, Endpoint]):
         """
         client = self._client(inp.rollout.instance, "rollouts.wait")
         seen: _Rollout | None = None
+        foreign_since: float | None = None
 
         async def decided() -> RolloutState | None:
-            nonlocal seen
+            nonlocal seen, foreign_since
             seen = rollout = await self._read(client, inp.rollout)
-            if not rollout.runs(inp.images) or not rollout.observed:
-                return None  # Argo CD has not applied our template yet, or the controller has not seen it
+            if not rollout.runs(inp.images):
+                if rollout.observed:
+                    now = time.monotonic()
+                    foreign_since = foreign_since if foreign_since is not None else now
+                    if now - foreign_since > self.replaced_after_seconds:
+                        ref = inp.rollout
+                        raise fatal(
+                            f"{client.api.system}: rollout {ref.namespace}/{ref.name} runs "
+                            f"{', '.join(rollout.images) or 'no image'}, not {', '.join(inp.images)}, for over "
+                            f"{self.replaced_after_seconds:g}s: another change replaced this revision (see the "
+                            "GitOps log); nothing left to follow",
+                            ROLLOUT_REPLACED,
+                        )
+                return None  # Argo CD has not applied our template yet
+            foreign_since = None
+            if not rollout.observed:
+                return None  # the controller has not seen our template yet
             if rollout.aborted or rollout.phase == DEGRADED:
                 return rollout.state()
             if rollout.phase == HEALTHY and rollout.promoted:

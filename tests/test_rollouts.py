@@ -472,6 +472,20 @@ async def test_wait_and_promote_drive_the_canary_to_healthy_and_wait_twice_agree
     await acts.aclose()
 
 
+async def test_wait_gives_up_when_another_change_replaced_the_revision(tmp_path: Path) -> None:
+    """Production moved on to D3 (a newer change) while a release waited for D2: the wait ends, non-retryable,
+    instead of waiting for a revision that will never run; a template Argo CD has not applied yet still waits."""
+    cloud = await started(tmp_path, fake_clock=False)
+    await cloud.sync(cloud.pin(api=D3))
+    acts = cloud.activities()
+    acts.replaced_after_seconds = 0.05
+    with pytest.raises(ApplicationError) as replaced:
+        await asyncio.wait_for(acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)])), 10)
+    assert replaced.value.type == errors.ROLLOUT_REPLACED and replaced.value.non_retryable
+    assert image("api", D3) in str(replaced.value) and "another change replaced" in str(replaced.value)
+    await acts.aclose()
+
+
 async def test_promote_twice_promotes_once(tmp_path: Path) -> None:
     cloud = await started(tmp_path, fake_clock=False)
     await cloud.sync(cloud.pin(api=D2))
