@@ -78,6 +78,9 @@ async def run(args: argparse.Namespace) -> int:
 
     _say("\n=== summary ===")
     _say(f"release {release_id}: {final.outcome}")
+    if final.rollback_cause:
+        _say(f"  rolled back because {final.rollback_cause}")
+        _say(f"  issue: {final.feedback_issue or '(none opened)'}")
     for env in cfg.environments:
         kustomization = yaml.safe_load(
             read_file_at(sandbox.root / "repos" / "gitops.git", "main", f"{env}/kustomization.yaml")

@@ -452,7 +452,7 @@ class ReleaseWorkflow(GateHandlers):
         record = self._records.setdefault(env.name, EnvironmentRecord())
         record.moved_at = workflow.now().isoformat()
         record.digests = {a.service: a.digest for a in ci.artifacts}
-        refs = rollout_refs(env, ci.affected) if self._progressive else {}
+        refs = rollout_refs(env, [a.service for a in ci.artifacts]) if self._progressive else {}
         try:
             await self._verify(inp, env, ci, move, pins, refs, env_status)
         except (ActivityError, ApplicationError) as e:
