@@ -379,13 +379,12 @@ class GitOpsActivities:
         _validate_place(inp.environment, inp.branch, inp.path)
 
         def read(repo: git.Repo) -> DeployedRevision:
-            released = released_commits(repo, inp.branch, inp.path)
             try:
                 head = repo.git.rev_parse("--verify", "--quiet", f"origin/{inp.branch}^{{commit}}").strip()
             except git.GitCommandError:
                 head = ""  # an empty GitOps repo: nothing deployed anywhere yet
             return DeployedRevision(
-                environment=inp.environment, app_commit=released[0] if released else "", gitops_commit=head
+                environment=inp.environment, app_commit=_running(repo, inp.branch, inp.path), gitops_commit=head
             )
 
         return await self.workspace.run(inp.repo_url, read, what=f"read what {inp.environment} runs")

@@ -142,6 +142,24 @@ async def abort_rollouts(plan: ReleasePlan, env: EnvironmentSpec, refs: dict[str
         await workflow.execute_activity("rollouts.abort", ref, result_type=RolloutState, **calls)
 
 
+async def sync_apps(
+    plan: ReleasePlan, env: EnvironmentSpec, commit: str, apps: list[str], app_status: dict[str, str], *, rollouts: bool
+) -> None:
+    """Sync `apps` of `env` at exactly `commit`; `app_status` receives "Synced/Healthy@sha" per app.
+
+    With `rollouts` the sync does not wait for Healthy: a paused canary step is Suspended until promoted.
+    """
+    waits = activity_options(plan.activities, env.task_queue, waits=True)
+    for app in apps:
+        synced: ArgoSyncResult = await workflow.execute_activity(
+            "argocd.sync",
+            ArgoSyncInput(instance=env.site, app=app, revision=commit, wait_healthy=not rollouts),
+            result_type=ArgoSyncResult,
+            **waits,
+        )
+        app_status[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+
+
 async def restore(
     plan: ReleasePlan,
     env: EnvironmentSpec,
@@ -157,14 +175,7 @@ async def restore(
     """
     waits = activity_options(plan.activities, env.task_queue, waits=True)
     calls = activity_options(plan.activities, env.task_queue)
-    for app in apps:
-        synced: ArgoSyncResult = await workflow.execute_activity(
-            "argocd.sync",
-            ArgoSyncInput(instance=env.site, app=app, revision=commit, wait_healthy=not rollouts),
-            result_type=ArgoSyncResult,
-            **waits,
-        )
-        app_status[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+    await sync_apps(plan, env, commit, apps, app_status, rollouts=bool(rollouts))
     for ref, images in rollouts.values():
         if not images:
             continue  # the service ran nothing before: the revert removed it, nothing to see healthy

@@ -36,12 +36,11 @@ with workflow.unsafe.imports_passed_through():
         restore,
         rollout_refs,
         service_images,
+        sync_apps,
     )
     from workflows.record import release_record
     from workflows.types import (
         RELEASE_RECORD_MEMO,
-        ArgoSyncInput,
-        ArgoSyncResult,
         ArtifactRef,
         AuditEntry,
         CIInput,
@@ -475,19 +474,11 @@ class ReleaseWorkflow(GateHandlers):
     ) -> None:
         """Sync at the move's commit, follow the Rollouts, run E2E: raises on a failed verification."""
         plan = inp.plan
-        site_waits = activity_options(plan.activities, env.task_queue, waits=True)
         onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
         env_status.state = "syncing"
         apps = argocd_apps(plan, env, ci.artifacts)
         workflow.set_current_details(f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
-        for app in apps:
-            sync_input = ArgoSyncInput(instance=env.site, app=app, revision=move.commit)
-            if refs:
-                sync_input.wait_healthy = False  # paused canary steps are Suspended; the Rollouts are followed
-            synced: ArgoSyncResult = await workflow.execute_activity(
-                "argocd.sync", sync_input, result_type=ArgoSyncResult, **site_waits
-            )
-            env_status.apps[app] = f"{synced.sync_status}/{synced.health}@{synced.revision[:12]}"
+        await sync_apps(plan, env, move.commit, apps, env_status.apps, rollouts=bool(refs))
 
         if refs:
             env_status.state = "rolling_out"
@@ -562,8 +553,7 @@ class ReleaseWorkflow(GateHandlers):
         record = self._records[env.name]
         record.failed_at = workflow.now().isoformat()
         self._failure_type = _failure_type(failure)
-        failed_stage = self._status.stage
-        self._finish_timing(failed_stage)
+        self._finish_timing(self._status.stage)
         self._enter(f"rollback:{env.name}", f"{env.name} failed verification, reverting: {failure_message(failure)}")
         await self._notify(
             "rolling_back", f"Release {inp.release_id} failed in {env.name}; reverting: {cause}", env.name
