@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,26 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.config import load_config  # noqa: E402
 from common.temporal import connect  # noqa: E402
-from sandbox.config import default_ports  # noqa: E402
-from sandbox.launcher import Sandbox  # noqa: E402
+from sandbox.launcher import Sandbox, free_port_base  # noqa: E402
 from sandbox.repos import commit_change  # noqa: E402
 from starters.release_cmds import release_input_from_args, submit_commit  # noqa: E402
 from workflows.coordinator import BranchCoordinator  # noqa: E402
 from workflows.release import ReleaseWorkflow, release_workflow_id  # noqa: E402
 
 
-def free_base() -> int:
-    for _ in range(50):
-        base = random.randrange(10000, 30000)
-        if all(socket.socket().connect_ex(("127.0.0.1", p)) != 0 for p in default_ports(base).values()):
-            return base
-    raise RuntimeError("no free ports")
-
-
 async def main(n: int, seconds: float) -> None:
     root = Path(tempfile.mkdtemp(prefix="ferry-storm-"))
     box = Sandbox(root, speed=0.1, poll_seconds=0.1, attempts=10, heartbeat_seconds=3, start_to_close_seconds=60)
-    box.up(free_base(), progress=lambda _: None)
+    box.up(free_port_base(), progress=lambda _: None)
     try:
         cfg = load_config(box.config_path)
         client = await connect(cfg.temporal)

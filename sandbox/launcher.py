@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -57,6 +58,31 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports (Linux's default where it cannot be read)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_port_base(rng: random.Random | None = None) -> int:
+    """A `--port-base` for another sandbox on this machine: all its ports are free and outside the ephemeral range.
+
+    Outside it, because a port in it that is free now can be taken by any outgoing connection (the dev server's own
+    gRPC clients included) before the worker binds it: a worker that cannot serve its metrics port does not start.
+    """
+    rng = rng or random.Random()
+    ephemeral = _ephemeral_ports()
+    for _ in range(100):
+        base = rng.randrange(10000, 30000)
+        ports = default_ports(base).values()
+        if not any(p in ephemeral or p >= 65536 for p in ports) and not any(_port_open(p) for p in ports):
+            return base
+    raise SandboxError("no free range of ports for a sandbox below the ephemeral range; stop an older sandbox")
 
 
 def _alive(pid: int) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,28 +17,12 @@ from temporalio.service import RPCError
 
 from common.config import FerryConfig, load_config
 from common.temporal import connect
-from sandbox.config import default_ports
-from sandbox.launcher import Sandbox
+from sandbox.launcher import Sandbox, free_port_base
 from sandbox.repos import commit_change, log, read_file_at
 from workflows.release import ReleaseWorkflow, release_workflow_id
 from workflows.types import ReleaseStatus
 
 FERRY = str(Path(sys.executable).parent / "ferry")
-
-
-def free_port_base() -> int:
-    """A Temporal port whose whole sandbox port set is free."""
-    for _ in range(50):
-        base = random.randrange(10000, 30000)
-        ports = default_ports(base).values()
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range for the sandbox")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 @dataclass
