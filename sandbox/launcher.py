@@ -98,14 +98,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait(what: str, ready: Callable[[], bool], timeout: float, log: Path | None = None) -> None:
+def _wait(what: str, ready: Callable[[bytes], bool], timeout: float, log: Path, offset: int, pid: int) -> None:
+    """Wait until `ready` holds for what `pid` has logged (from `offset`); fail at once if it exited instead."""
+
+    def output() -> bytes:
+        with contextlib.suppress(OSError), log.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+        return b""
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready():
+        if ready(output()):
             return
+        if not _alive(pid):
+            raise SandboxError(f"{what} exited while starting: {_last_line(output())}; see {log}")
         time.sleep(0.1)
-    hint = f"; see {log}" if log else ""
-    raise SandboxError(f"{what} did not become ready within {timeout:.0f}s{hint}")
+    raise SandboxError(f"{what} did not become ready within {timeout:.0f}s: {_last_line(output())}; see {log}")
+
+
+def _last_line(output: bytes) -> str:
+    lines = output.decode(errors="replace").strip().splitlines()
+    return lines[-1][:300] if lines else "(nothing logged)"
 
 
 @dataclass
@@ -216,9 +230,7 @@ class Sandbox:
         cmd += ["--ui-codec-endpoint", f"http://127.0.0.1:{ports['codec-server']}"]
         for attribute in SEARCH_ATTRIBUTES:
             cmd += ["--search-attribute", attribute]
-        state["pids"]["temporal"] = self._spawn("temporal", cmd)
-        self._save(state)
-        _wait("Temporal dev server", lambda: _port_open(ports["temporal"]), 60, self.logs / "temporal.log")
+        self._start(state, "temporal", cmd, "Temporal dev server", lambda _: _port_open(ports["temporal"]), 60)
 
         progress("starting the stand-ins: " + ", ".join(STANDINS))
         port_arg = ",".join(f"{name}={ports[name]}" for name in STANDINS)
@@ -228,9 +240,7 @@ class Sandbox:
         }
         cmd = [sys.executable, "-m", "sandbox.standins", "--ports", port_arg, "--scenario", str(self.scenario_path)]
         cmd += ["--speed", str(self.speed)]
-        state["pids"]["standins"] = self._spawn("standins", cmd, env)
-        self._save(state)
-        _wait("stand-ins", lambda: all(_port_open(ports[n]) for n in STANDINS), 30, self.logs / "standins.log")
+        self._start(state, "standins", cmd, "stand-ins", lambda _: all(_port_open(ports[n]) for n in STANDINS), 30, env)
 
         progress(f"starting the webhook receiver on :{ports['receiver']}")
         cmd = [sys.executable, "-m", "sandbox.receiver", "--port", str(ports["receiver"])]
@@ -240,9 +250,9 @@ class Sandbox:
             tracker_token.write_text(secrets.token_urlsafe(24))
             tracker_token.chmod(0o600)
         receiver_env = {"FERRY_SANDBOX_TOKEN_TRACKER": tracker_token.read_text().strip()}
-        state["pids"]["receiver"] = self._spawn("receiver", cmd, receiver_env)
-        self._save(state)
-        _wait("webhook receiver", lambda: _port_open(ports["receiver"]), 30, self.logs / "receiver.log")
+        self._start(
+            state, "receiver", cmd, "webhook receiver", lambda _: _port_open(ports["receiver"]), 30, receiver_env
+        )
 
         progress("registering Harbor projects, the replication policy and the Argo CD applications")
         policy_id = self._seed(ports, tokens, gitops_repo)
@@ -285,9 +295,7 @@ class Sandbox:
         cmd = [sys.executable, "-m", "starters.cli", "--config", str(self.config_path), "codec-server"]
         cmd += ["--port", str(ports["codec-server"]), "--origin", f"http://127.0.0.1:{ui}"]
         cmd += ["--origin", f"http://localhost:{ui}"]
-        state["pids"]["codec-server"] = self._spawn("codec-server", cmd)
-        self._save(state)
-        _wait("codec server", lambda: _port_open(ports["codec-server"]), 30, self.logs / "codec-server.log")
+        self._start(state, "codec-server", cmd, "codec server", lambda _: _port_open(ports["codec-server"]), 30)
 
         for site in ("onprem", "cloud"):
             progress(f"starting the {site} worker")
@@ -378,6 +386,25 @@ class Sandbox:
             "public_key": {"file": f"{prefix}.pub"},
         }
 
+    def _start(
+        self,
+        state: dict,
+        name: str,
+        cmd: list[str],
+        what: str,
+        ready: Callable[[bytes], bool],
+        timeout: float,
+        extra_env: dict[str, str] | None = None,
+    ) -> int:
+        """Spawn `name`, record its pid in `state`, and wait until `ready` holds for what it has logged so far."""
+        log = self.logs / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        pid = self._spawn(name, cmd, extra_env)
+        state["pids"][name] = pid
+        self._save(state)
+        _wait(what, ready, timeout, log, offset, pid)
+        return pid
+
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
         env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(ROOT)}
@@ -460,12 +487,10 @@ class Sandbox:
         cmd = [sys.executable, str(ROOT / "worker.py"), "--site", site, "--config", str(self.config_path)]
         # The sandbox cosign keeps signatures in one folder both workers see (real cosign: in the registry).
         env = {"FERRY_COSIGN_STORE": str(self.root / "signatures"), "FERRY_PYTHON": sys.executable}
-        pid = self._spawn(f"worker-{site}", cmd, env)
-        state["pids"][f"worker-{site}"] = pid
-        self._save(state)
-        log = self.logs / f"worker-{site}.log"
-        _wait(f"{site} worker", lambda: _alive(pid) and b"worker started" in log.read_bytes(), 60, log)
-        return pid
+        # Only this start's own output counts: the log is appended to across restarts.
+        return self._start(
+            state, f"worker-{site}", cmd, f"{site} worker", lambda out: b"worker started" in out, 60, env
+        )
 
     def stop_worker(self, site: str, sig: int = signal.SIGKILL) -> None:
         """Stop a worker (SIGKILL by default: a crash, as the durability tests need)."""

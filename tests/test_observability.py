@@ -11,7 +11,6 @@ import dataclasses
 import io
 import json
 import logging
-import random
 import re
 import shutil
 import socket
@@ -40,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
     from common.config import ConfigError, FerryConfig, parse_config
     from common.logging import REDACTED, configure_logging, redact_secrets
     from common.observability import ActivityLogContext, activity_log_context, interceptors_for, runtime_for
-    from sandbox import launcher
     from sandbox.config import default_ports, sandbox_metrics
     from workflows import telemetry
     from workflows.types import Artifact, E2EInput
@@ -397,16 +395,3 @@ def test_sandbox_serves_metrics_on_its_own_ports() -> None:
         assert metrics == {site: f"127.0.0.1:{ports[f'metrics-{site}']}" for site in ("onprem", "cloud")}
         assert len(set(ports.values())) == len(ports)  # no port is handed out twice
     assert parse_config(sample_config()).observability.metrics == sandbox_metrics("localhost:7233")
-
-
-def test_a_second_sandbox_gets_ports_outside_the_ephemeral_range_and_skips_a_busy_one() -> None:
-    # A metrics port in the ephemeral range was once taken by an outgoing connection before the worker bound it.
-    ephemeral = launcher._ephemeral_ports()
-    seen = launcher.free_port_base(random.Random(7))
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", default_ports(seen)["metrics-cloud"]))
-        busy.listen()
-        again = launcher.free_port_base(random.Random(7))  # the same draws: the first is now skipped
-    assert again != seen
-    for base in (seen, again):
-        assert all(port not in ephemeral and port < 65536 for port in default_ports(base).values())
