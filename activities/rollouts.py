@@ -267,7 +267,8 @@ class RolloutsActivities(SiteClients[RolloutsClient, Endpoint]):
 
         A status is only believed once the controller observed the current spec (the generation rule) and the
         pod template runs the wanted images, so neither the previous release's Healthy nor its abort can
-        answer for this one. The wait is stateless: after a worker restart the retry simply reads again.
+        answer for this one; nor can an abort whose full promotion (`promote --full`) is still pending. The wait is
+        stateless: after a worker restart the retry simply reads again.
         """
         client = self._client(inp.rollout.instance, "rollouts.wait")
         seen: _Rollout | None = None
@@ -293,6 +294,8 @@ class RolloutsActivities(SiteClients[RolloutsClient, Endpoint]):
             foreign_since = None
             if not rollout.observed:
                 return None  # the controller has not seen our template yet
+            if rollout.aborted and rollout.status.get("promoteFull"):
+                return None  # a full promotion of the abort (a restore) the controller has not acted on yet
             if rollout.aborted or rollout.phase == DEGRADED:
                 return rollout.state()
             if rollout.phase == HEALTHY and rollout.promoted:

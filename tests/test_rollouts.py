@@ -11,7 +11,7 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +448,26 @@ class Recorder(httpx.AsyncBaseTransport):
         return [p for m, p, _ in self.log if m == "PATCH" and p.endswith(suffix)]
 
 
+async def on_fake_clock(cloud: Cloud, recorder: Recorder, wait: Coroutine[Any, Any, RolloutState]) -> RolloutState:
+    """Run a `rollouts.wait` while moving the fake clock, a small step at a time and only once the wait has read
+    the Rollout twice since the last step: it sees every state the controller passes through, however loaded
+    the machine (a real clock let a 10 ms Paused window slip by unseen)."""
+    task = asyncio.ensure_future(wait)
+
+    def reads() -> int:
+        return sum(1 for m, p, _ in recorder.log if m == "GET" and "/rollouts/" in p)
+
+    for _ in range(1200):  # a minute of controller time
+        seen = reads()
+        while reads() < seen + 2 and not task.done():
+            await asyncio.sleep(0.001)
+        if task.done():
+            return task.result()
+        cloud.advance(0.05)
+    task.cancel()
+    raise AssertionError(f"the wait did not end within a minute of controller time: {cloud.rollout('api').status}")
+
+
 async def test_wait_and_promote_drive_the_canary_to_healthy_and_wait_twice_agrees(tmp_path: Path) -> None:
     cloud = await started(tmp_path, fake_clock=False)
     await cloud.sync(cloud.pin(api=D2))
@@ -522,24 +542,27 @@ async def test_promote_twice_promotes_once(tmp_path: Path) -> None:
 
 
 async def test_wait_returns_degraded_on_a_failed_analysis_and_abort_is_idempotent(tmp_path: Path) -> None:
-    cloud = await started(tmp_path, {"rollouts": {"web": {"fail": True}}}, fake_clock=False)
+    cloud = await started(tmp_path, {"rollouts": {"web": {"fail": True}}})
     await cloud.sync(cloud.pin(api=D2, web=D2))
     recorder = Recorder(cloud.apps["kube"])
     acts = cloud.activities(recorder)
 
     # Blue-green pauses for its promotion while the pre-promotion analysis runs; then the analysis fails.
-    web = await acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)]))
+    web = await on_fake_clock(cloud, recorder, acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)])))
     assert (web.phase, web.step, web.step_kind, web.pause_reasons) == ("Paused", 0, "pause", ["BlueGreenPause"])
-    web = await acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)], after_step=0))
+    web = await on_fake_clock(
+        cloud, recorder, acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)], after_step=0))
+    )
     assert web.phase == "Degraded" and web.aborted and web.strategy == "blueGreen" and web.weight == 0
     assert 'Metric "success-rate" assessed Failed' in web.message
     assert (await acts.abort(ref("web"))).aborted and recorder.patches() == []  # already aborted: no patch
 
-    api = await acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)]))
+    api = await on_fake_clock(cloud, recorder, acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)])))
     assert (api.phase, api.step) == ("Paused", 1)
     first = await acts.abort(ref("api"))
     second = await acts.abort(ref("api"))
     assert first.aborted and second.aborted and len(recorder.patches("/status")) == 1
+    cloud.advance(REACT_SECONDS)  # the controller reacts to the abort: Degraded, the stable ReplicaSet serves all
     aborted = await acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)], after_step=1))
     assert aborted.phase == "Degraded" and aborted.message.startswith("RolloutAborted: Rollout aborted update")
     assert (await acts.promote(RolloutPromoteInput(ref("api"), step=1))).aborted  # never promotes an abort
@@ -547,37 +570,45 @@ async def test_wait_returns_degraded_on_a_failed_analysis_and_abort_is_idempoten
 
     # The revert: back on the stable template, the next wait sees it Healthy and promoted, no abort left.
     await cloud.sync(cloud.pin(api=D1))
-    restored = await acts.wait(RolloutWaitInput(ref("api"), [image("api", D1)]))
+    restored = await on_fake_clock(cloud, recorder, acts.wait(RolloutWaitInput(ref("api"), [image("api", D1)])))
     assert restored.phase == "Healthy" and restored.promoted and not restored.aborted
 
     # `promote --full` is the one promotion an abort takes: the controller resumes it, skipping every step.
     await acts.promote(RolloutPromoteInput(ref("web"), step=0, full=True))
     await acts.promote(RolloutPromoteInput(ref("web"), step=0, full=True))
     assert len(recorder.patches()) == 2
-    web = await acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)]))
+    web = await on_fake_clock(cloud, recorder, acts.wait(RolloutWaitInput(ref("web"), [image("web", D2)])))
     assert web.phase == "Healthy" and web.promoted and not web.aborted and web.weight == 100
     await acts.aclose()
 
 
 async def test_wait_ignores_a_status_the_controller_has_not_caught_up_with(tmp_path: Path) -> None:
-    cloud = await started(tmp_path, fake_clock=False)
+    cloud = await started(tmp_path)  # the fake clock: the controller moves only when the test moves time
     recorder = Recorder(cloud.apps["kube"])
     acts = cloud.activities(recorder)
-    await cloud.sync(cloud.pin(api=D2))
-    state = await acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)]))
+    await cloud.sync(cloud.pin(api=D2))  # Argo CD applied the new Deployment; the controller has not observed it
+    waiting = asyncio.create_task(acts.wait(RolloutWaitInput(ref("api"), [image("api", D2)])))
+
+    def reads(kind: str) -> list[dict[str, Any]]:
+        return [b for m, p, b in recorder.log if m == "GET" and f"/{kind}/" in p]
+
+    while len(reads("rollouts")) < 5 and not waiting.done():
+        await asyncio.sleep(0.005)
+    assert not waiting.done(), waiting.result()
+    # What it has read so far: the previous revision's Healthy, while the controller had not observed the new
+    # Deployment generation. None of it answered the wait.
+    stale = list(zip(reads("rollouts"), reads("deployments"), strict=False))
+    assert all(r["status"]["phase"] == "Healthy" for r, _ in stale)
+    assert all(r["status"].get("workloadObservedGeneration") != str(d["metadata"]["generation"]) for r, d in stale)
+    assert all(d["spec"]["template"]["spec"]["containers"][0]["image"] == image("api", D2) for _, d in stale)
+
+    for _ in range(200):
+        if waiting.done():
+            break
+        cloud.advance(0.05)
+        await asyncio.sleep(0.01)
+    state = await asyncio.wait_for(waiting, 5)
     assert (state.phase, state.step, state.images) == ("Paused", 1, [image("api", D2)])
-    # Along the way it read the previous revision's Healthy, before Argo CD applied the new template and while
-    # the controller had not observed the new Deployment generation; neither answered the wait.
-    rollouts = [b for m, p, b in recorder.log if m == "GET" and "/rollouts/" in p]
-    deployments = [b for m, p, b in recorder.log if m == "GET" and "/deployments/" in p]
-    assert rollouts[0]["status"]["phase"] == "Healthy"
-    stale = [
-        r
-        for r, d in zip(rollouts, deployments, strict=True)
-        if r["status"].get("workloadObservedGeneration") != str(d["metadata"]["generation"])
-        or d["spec"]["template"]["spec"]["containers"][0]["image"] != image("api", D2)
-    ]
-    assert stale and all(r["status"]["phase"] == "Healthy" for r in stale)
     await acts.aclose()
 
 
