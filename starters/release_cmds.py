@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import uuid
 from datetime import timedelta
@@ -123,7 +124,7 @@ async def submit_commit(client: Client, inp: ReleaseInput) -> str:
                 build_url=inp.build_url,
                 base_commit=inp.base_commit,
                 only_services=inp.only_services,
-                plan=inp.plan,
+                plan=dataclasses.asdict(inp.plan),
             )
         ],
     )

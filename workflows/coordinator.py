@@ -17,6 +17,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.converter import value_to_type
 
     from workflows.release import ReleaseWorkflow, release_workflow_id
     from workflows.types import (
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         QueueEntry,
         ReleaseEvent,
         ReleaseInput,
+        ReleasePlan,
         Supersede,
     )
 
@@ -159,7 +161,7 @@ class BranchCoordinator:
 
     async def _start(self, sig: CommitSignal, seq: int) -> None:
         if sig.plan is not None:
-            self._inp.plan = sig.plan  # the newest ferry.yaml; continue-as-new carries it on
+            self._inp.plan = value_to_type(ReleasePlan, sig.plan)  # the newest ferry.yaml; continue-as-new keeps it
         plan = self._inp.plan
         release_id = self._release_id(sig.commit)
         entry = QueueEntry(sig.commit, release_id, "in_ci", seq=seq)

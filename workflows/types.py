@@ -7,6 +7,7 @@ and the activities import this module, so it must stay free of I/O and heavy imp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # --- the plan: the part of ferry.yaml a release needs, frozen into its input so replays see the same ---
 
@@ -607,9 +608,11 @@ class CommitSignal:
     build_url: str = ""
     base_commit: str | None = None
     only_services: list[str] = field(default_factory=list)
-    # ferry.yaml as the CLI read it when the commit was pushed: the release runs on it, so a changed config
-    # reaches the next release without restarting the coordinator. None (older callers): the coordinator's.
-    plan: ReleasePlan | None = None
+    # ferry.yaml as the CLI read it when the commit was pushed (a ReleasePlan, as JSON): the release runs on it,
+    # so a changed config reaches the next release without restarting the coordinator. None (older callers): the
+    # coordinator's. Kept undecoded because a burst of pushes lands in one workflow task: decoding each plan
+    # (~5 ms) there would trip the worker's 2 s deadlock detector; only a commit that starts a release decodes it.
+    plan: dict[str, Any] | None = None
 
 
 @dataclass
