@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.registry import SiteActivities
-from common.config import SITES, ConfigError, FerryConfig, load_config
+from common.config import SITES, ConfigError, FerryConfig, default_config_path, load_config
 from common.logging import configure_logging
 from common.observability import ActivityLogContext, configure_logging_from, interceptors_for, runtime_for
 from common.observability import shutdown as shutdown_observability
@@ -37,7 +37,9 @@ log = structlog.get_logger("ferry.worker")
 WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator, RollbackWorkflow, ProvisionWorkflow, DriftWorkflow]
 
 
-async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) -> None:
+async def run_worker(
+    cfg: FerryConfig, site: str, client: Client | None = None, config_path: Path | None = None
+) -> None:
     """Run the worker of `site` until cancelled (SIGTERM/SIGINT stop it gracefully).
 
     Without `client`, it connects with the site's observability: Prometheus on `observability.metrics.<site>`
@@ -46,7 +48,7 @@ async def run_worker(cfg: FerryConfig, site: str, client: Client | None = None) 
     client = client or await connect(
         cfg.temporal, runtime=runtime_for(cfg, site), interceptors=interceptors_for(cfg, site)
     )
-    acts = SiteActivities.from_config(cfg, site)
+    acts = SiteActivities.from_config(cfg, site, config_path=config_path)
     worker = Worker(
         client,
         task_queue=cfg.task_queue(site),
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging_from(cfg)
 
     async def _run() -> None:
-        task = asyncio.create_task(run_worker(cfg, args.site))
+        path = (args.config or default_config_path()).resolve()
+        task = asyncio.create_task(run_worker(cfg, args.site, config_path=path))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)

@@ -5,6 +5,11 @@ Written from specs/buildkite/apis_rest_api_builds.md (build data model, create, 
 does not carry; the upstream partial (buildkite/docs pages/apis/rest_api/_pipeline_builds_list_query_strings.md)
 documents `branch`, `commit` (full SHA only) and `meta_data[key]=value` filters. The meta_data match is
 still checked client-side, so a server that ignores that filter cannot attach us to another release's build.
+
+Who unblocked a block step (activities/buildkite_unblock.py) reads a build of any pipeline with its jobs, and
+the unblocker's teams: the teams list (apis_rest_api.md; its `user_id` filter and both response bodies are
+from Buildkite's public docs, not the stored specs) narrowed to the user, each confirmed by its members list,
+so a server that ignores the filter cannot give a user teams they are not in.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import httpx
 from temporalio import activity
 
 from activities import waiting
-from activities.errors import E2E_FAILED, fatal
+from activities.errors import BAD_REQUEST, E2E_FAILED, fatal
 from activities.http import ApiClient
 from activities.site_clients import SiteClients
 from common.config import BuildkiteEndpoint
@@ -29,19 +34,24 @@ PASSED = "passed"
 # skipped, not_run, waiting, waiting_failed (plus creating/failing in the list filter). These end a build
 # without passing; failing, canceling, waiting... still move.
 FAILED_STATES = frozenset({"failed", "canceled", "skipped", "not_run", "waiting_failed"})
+# Lists are read 100 to a page (the documented maximum); more pages than this is a server that never ends.
+PER_PAGE = 100
+MAX_PAGES = 50
 # The E2E pipeline belongs to the on-prem Buildkite (sites.onprem.buildkite).
 SITE = "onprem"
 
 
 class BuildkiteClient:
-    """Builds of the configured E2E pipeline through the Buildkite REST API (bearer API access token)."""
+    """Builds of the E2E pipeline (and of any pipeline, for unblocks) and teams, through the Buildkite REST API."""
 
     def __init__(self, endpoint: BuildkiteEndpoint, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.endpoint = endpoint
         self.api = ApiClient("Buildkite", endpoint, auth="bearer", transport=transport)
-        org = quote(endpoint.organization, safe="")
-        pipeline = quote(endpoint.e2e_pipeline, safe="")
-        self.builds_path = f"/v2/organizations/{org}/pipelines/{pipeline}/builds"
+        self.org_path = f"/v2/organizations/{quote(endpoint.organization, safe='')}"
+        self.builds_path = self._builds_path(endpoint.e2e_pipeline)
+
+    def _builds_path(self, pipeline: str) -> str:
+        return f"{self.org_path}/pipelines/{quote(pipeline, safe='')}/builds"
 
     async def find_builds(self, commit: str, branch: str, meta_data: dict[str, str]) -> list[dict[str, Any]]:
         """Builds of this commit and branch whose meta_data has all of `meta_data`, newest first."""
@@ -73,6 +83,50 @@ class BuildkiteClient:
             params={"exclude_jobs": "true"},
         )
         return None if response.status_code == 404 else response.json()
+
+    async def get_build_of(self, pipeline: str, number: int) -> dict[str, Any] | None:
+        """A build of any pipeline of the organization by number, with its jobs; None on 404."""
+        response = await self.api.request(
+            "GET",
+            f"{self._builds_path(pipeline)}/{number}",
+            f"read build {number} of {pipeline}",
+            ok=lambda r: r.is_success or r.status_code == 404,
+            params={"exclude_pipeline": "true"},
+        )
+        return None if response.status_code == 404 else response.json()
+
+    async def _list(self, path: str, what: str, params: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        """Every item of a paginated list, following the `Link` header's `next` page number on our own path.
+
+        Only the page number is taken from the link, so the token is never sent to a host the link names.
+        """
+        items: list[dict[str, Any]] = []
+        page = 1
+        for _ in range(MAX_PAGES):
+            query = {**(params or {}), "per_page": PER_PAGE, "page": page}
+            response = await self.api.request("GET", path, what, params=query)
+            body = response.json()
+            items.extend(i for i in (body if isinstance(body, list) else []) if isinstance(i, dict))
+            following = httpx.URL(response.links.get("next", {}).get("url", "")).params.get("page", "")
+            if not following.isdigit() or int(following) <= page:
+                return items
+            page = int(following)
+        raise fatal(f"Buildkite: {what}: more than {MAX_PAGES} pages of {PER_PAGE}; not read to the end", BAD_REQUEST)
+
+    async def team_slugs_of(self, user_id: str) -> list[str]:
+        """The slugs of the organization's teams that `user_id` is a member of, sorted."""
+        teams = await self._list(f"{self.org_path}/teams", f"list teams of user {user_id}", {"user_id": user_id})
+        slugs: set[str] = set()
+        for team in teams:
+            team_id, slug = str(team.get("id") or ""), str(team.get("slug") or "")
+            if not (team_id and slug):
+                continue
+            members = await self._list(
+                f"{self.org_path}/teams/{quote(team_id, safe='')}/members", f"list members of team {slug}"
+            )
+            if any(m.get("user_id") == user_id for m in members):
+                slugs.add(slug)
+        return sorted(slugs)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -2,7 +2,8 @@
 
 Transport errors, 5xx and 429 are retryable (Retry-After respected); auth failures, 4xx validation errors,
 failed gates and policy violations are non-retryable with a stable `type` and a message that tells the
-operator what to do. Messages never contain secrets: they name the system, the request and the status.
+operator what to do. Messages never contain secrets: they name the system, the request and the status, and
+the start of the response body only with its secret-looking values redacted (common/redact.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import timedelta
 
 import httpx
 from temporalio.exceptions import ApplicationError
+
+from common.redact import redact_text
 
 # Stable error types: what an SRE filters on in the Temporal UI and what the workflow branches on.
 AUTH_FAILED = "AuthFailed"
@@ -80,9 +83,20 @@ def classify_transport(system: str, error: httpx.TransportError, what: str) -> A
     return retryable(f"{system}: {what}: {type(error).__name__} reaching {error.request.url.host}")
 
 
+# How much of a body is redacted before the message keeps its first SHORT_BODY characters: redacting first
+# means a cut can never split a secret so that the rule no longer recognises it.
+_REDACT_WINDOW = 4096
+SHORT_BODY = 300
+
+
 def _short_body(response: httpx.Response) -> str:
+    """The start of an upstream's response body for a failure message, with secret-looking values redacted.
+
+    Failure messages are stored in Temporal's history and shown in the UI without a codec, so an upstream that
+    echoes the request (its token, an Authorization header, a URL with user:password@) must not leak through.
+    """
     try:
         text = response.text.strip()
     except Exception:  # noqa: BLE001 - undecodable bodies are just left out
         return ""
-    return f": {text[:300]}" if text else ""
+    return f": {redact_text(text[:_REDACT_WINDOW])[:SHORT_BODY]}" if text else ""

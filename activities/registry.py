@@ -1,6 +1,7 @@
 """Which activities each site's worker registers, built from ferry.yaml with the site's clients only.
 
-`onprem`: git (change analysis, pipeline rendering, GitOps moves), Tekton, SonarQube, Harbor-OnPrem (scan
+`onprem`: the workers' plan, gate policies and identity checks (activities/approvals.py), git (change
+analysis, pipeline rendering, GitOps moves), Tekton, SonarQube, Harbor-OnPrem (scan
 gate, replication, policy check), cosign sign and verify, Argo CD-OnPrem, Buildkite and the notification
 webhook. `cloud`: Harbor-Cloud (confirm a replicated digest, policy check), cosign verify and Argo CD-Cloud.
 A system that a site does not configure is simply not registered there. Argo Rollouts (`rollouts.wait`,
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from activities.approvals import ApprovalActivities
 from activities.argocd import ArgoCDActivities
 from activities.bazel import BazelRunner
 from activities.buildkite import BuildkiteActivities
@@ -49,9 +51,17 @@ class SiteActivities:
 
     @classmethod
     def from_config(
-        cls, cfg: FerryConfig, site: str, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        cfg: FerryConfig,
+        site: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        config_path: Path | None = None,
     ) -> SiteActivities:
-        """Build the activities of `site`; `transport` lets tests route HTTP to in-process stand-ins."""
+        """Build the activities of `site`; `transport` lets tests route HTTP to in-process stand-ins.
+
+        `config_path`: the ferry.yaml the worker loaded, re-read by the onprem worker's plan and policy
+        activities at each call so that an approver added there counts at the next gate without a restart.
+        """
         conf = cfg.sites.get(site)
         functions: list[Callable[..., Any]] = []
         closers: list[Any] = []
@@ -101,6 +111,10 @@ class SiteActivities:
                 timeout=bazel.timeout_seconds,
             )
             functions.append(ChangeActivities(workspace, runner).analyze)
+            # The workflows run here: their plan, gate policies and identity checks come from this worker.
+            approvals = ApprovalActivities.from_config(cfg, config_path, transport=transport)
+            functions += [approvals.plan, approvals.policy, approvals.verify]
+            closers.append(approvals)
             gitops = GitOpsActivities(workspace)
             functions += [gitops.move, gitops.deployed, gitops.revert]
             functions.append(PipelineActivities().render)

@@ -48,10 +48,13 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker  # noqa: E402
 
-from common.config import parse_config  # noqa: E402
+from activities.approvals import ApprovalActivities  # noqa: E402
+from common import signatures  # noqa: E402
+from common.config import FerryConfig, parse_config  # noqa: E402
 from common.plan import build_plan  # noqa: E402
 from sandbox.config import STANDINS, sandbox_config  # noqa: E402
 from workflows import search  # noqa: E402
+from workflows.approval_types import GatePolicy, Identity, PolicyRequest, VerifyInput  # noqa: E402
 from workflows.ci import CIWorkflow  # noqa: E402
 from workflows.release import ReleaseWorkflow  # noqa: E402
 from workflows.types import (  # noqa: E402
@@ -69,6 +72,7 @@ from workflows.types import (  # noqa: E402
     PipelinePlan,
     PolicyCheckInput,
     PolicyCheckResult,
+    Proof,
     QualityGateInput,
     QualityGateResult,
     ReleasePlan,
@@ -206,10 +210,39 @@ def server_address(client: Client) -> str:
     return client.service_client.config.target_host
 
 
+# SSH keys of the bench's approvers and their allowed_signers file: approvals are signed and verified for real.
+SIGNERS = Path(tempfile.gettempdir()) / "ferry-bench-signers"
+
+
+def bench_signers() -> dict[str, str]:
+    """`approvals.signatures` of the bench config; makes the approvers' keys once (shared by the worker process)."""
+    lines = []
+    for user in sorted(set(APPROVERS.values())):
+        public = signatures.generate_key(SIGNERS / "keys" / user, user)
+        lines.append(signatures.allowed_signers_line(user, public))
+    allowed = SIGNERS / "allowed_signers"
+    allowed.write_text("\n".join(lines) + "\n")
+    return {"allowed_signers": str(allowed), "key_dir": str(SIGNERS / "keys")}
+
+
+def signed_decision(workflow_id: str, stage: str, action: str = "approve") -> Decision:
+    """The approver's decision on `stage` of `workflow_id`, signed as `ferry approve --as` signs it."""
+    user = APPROVERS[stage]
+    claim = signatures.claim_for(workflow_id, action, stage, user, "bench")
+    proof = Proof(kind="ssh", claim=claim.canonical(), signature=signatures.sign(claim, SIGNERS / "keys" / user))
+    return Decision(stage=stage, user=user, comment="bench", proof=proof)
+
+
 def bench_plan(onprem: str, cloud: str) -> ReleasePlan:
+    """The plan of `bench_config`: what a starter sends (the workers load theirs, the same, with ferry.plan)."""
+    return build_plan(bench_config(onprem, cloud))
+
+
+def bench_config(onprem: str, cloud: str) -> FerryConfig:
     """The sandbox's ferry.yaml (three environments, gates on staging and production) on these task queues.
 
-    URLs and credentials are never used: every activity is an instant stand-in.
+    URLs and credentials are never used: every activity is an instant stand-in, except the workers' own plan,
+    policy and signature checks, which run for real.
     """
     cfg = sandbox_config(
         urls={name: f"http://127.0.0.1:9/{name}" for name in STANDINS},
@@ -220,9 +253,10 @@ def bench_plan(onprem: str, cloud: str) -> ReleasePlan:
         ui_url=None,
         workdir="/tmp/ferry-bench-unused",
         progressive=False,  # the benches measure orchestration of plain syncs; no Rollouts to follow
+        signatures=bench_signers(),
     )
     cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
-    return build_plan(parse_config(cfg))
+    return parse_config(cfg)
 
 
 class InstantSystems:
@@ -232,8 +266,11 @@ class InstantSystems:
     order of calls is kept only when asked (`record=True`), to find where the gates fall.
     """
 
-    def __init__(self, affected: list[str] | None = None, *, record: bool = False) -> None:
+    def __init__(
+        self, affected: list[str] | None = None, *, record: bool = False, config: FerryConfig | None = None
+    ) -> None:
         self.affected = affected or ["api"]
+        self.config = config  # the workers' ferry.yaml: its plan, gate policies and signature checks are real
         self.counts: Counter[tuple[str, str]] = Counter()
         self.record = record
         self.order: list[tuple[str, str]] = []
@@ -309,7 +346,29 @@ class InstantSystems:
             self._log("notify.webhook")
             return "200"
 
-        return [analyze, render, tekton, quality, scan, replicate, move, e2e, sign, notify, *self._both()]
+        own: list[Callable[..., Awaitable[Any]]] = []
+        if self.config is not None:
+            config = self.config
+            approvals = ApprovalActivities(lambda: config)
+
+            # The real activities (config reads, ssh-keygen -Y verify), counted like the rest.
+            @activity.defn(name="ferry.plan")
+            async def plan(inp: PolicyRequest) -> ReleasePlan:
+                self._log("ferry.plan")
+                return await approvals.plan(inp)
+
+            @activity.defn(name="approvals.policy")
+            async def gate_policy(inp: PolicyRequest) -> GatePolicy:
+                self._log("approvals.policy")
+                return await approvals.policy(inp)
+
+            @activity.defn(name="approvals.verify")
+            async def verify_identity(inp: VerifyInput) -> Identity:
+                self._log("approvals.verify")
+                return await approvals.verify(inp)
+
+            own = [plan, gate_policy, verify_identity]
+        return [analyze, render, tekton, quality, scan, replicate, move, e2e, sign, notify, *self._both(), *own]
 
     def cloud(self) -> list[Callable[..., Awaitable[Any]]]:
         """What the cloud worker registers."""
@@ -402,26 +461,28 @@ async def approve_when_waiting(
     poll: float = 0.005,
     check_parked: bool = True,
     timeout: float = 300.0,
+    signed: Decision | None = None,
 ) -> int:
     """Send the `approve` update for `stage` as soon as the workflow parks there; returns the updates sent.
 
-    Waiting is detected with `is_parked` (unless the caller knows already); the gate's validator still has
-    the last word (an approval for a gate not waiting yet is refused and nothing enters history), so a
-    refusal only means: look again. Every attempt carries the same update id, so one that timed out on an
-    overloaded server can be sent again without approving twice.
+    Waiting is detected with `is_parked` (unless the caller knows already); the gate still has the last word
+    (an approval for a gate not waiting yet is refused, and audited), so a refusal only means: look again,
+    with a new update id. An attempt that timed out on an overloaded server is sent again with the same id,
+    so it cannot approve twice. The decision is signed once (or given, pre-signed, as `signed`).
     """
-    decision = Decision(stage=stage, user=APPROVERS[stage], comment="bench")
+    decision = signed or signed_decision(handle.id, stage, update)
     deadline = time.monotonic() + timeout
-    sent = 0
+    sent = refused = 0
     while True:
         if not check_parked or await is_parked(handle):
             sent += 1
             try:
-                await handle.execute_update(update, decision, id=f"bench-approve-{stage}")
+                await handle.execute_update(update, decision, id=f"bench-approve-{stage}-{refused}")
                 return sent
             except WorkflowUpdateFailedError as e:
                 if "not waiting yet" not in str(e.cause):
                     raise
+                refused += 1  # that update is answered for good (refused, audited): the next one is another
             except WorkflowUpdateRPCTimeoutOrCancelledError:
                 pass  # the server was too busy to answer in time: ask again, same update id
         if time.monotonic() > deadline:
@@ -455,7 +516,7 @@ def median_ms(seconds: list[float]) -> float:
 
 async def _serve(address: str, onprem: str, cloud: str, max_cached: int | None, pollers: int | None) -> None:
     client = await Client.connect(address)
-    systems = InstantSystems()
+    systems = InstantSystems(config=bench_config(onprem, cloud))
     async with release_workers(client, onprem, cloud, systems, max_cached_workflows=max_cached, pollers=pollers):
         print("ready", flush=True)
         stop = asyncio.Event()
@@ -477,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pollers", type=int, default=None, help="pollers per task kind (default: SDK's)")
     args = parser.parse_args(argv)
     quiet_sdk_logs()
+    # Ferry's own log lines go to stderr at warning level, as the CLI's do: this process's stdout is a pipe
+    # its parent stops reading after `ready`, and a full pipe would block the workflow threads that log.
+    from common.logging import configure_logging
+
+    configure_logging(default_level="WARNING")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.address, args.onprem, args.cloud, args.max_cached, args.pollers))
     return 0

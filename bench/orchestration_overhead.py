@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from _support import (
         InstantSystems,
         approve_when_waiting,
+        bench_config,
         bench_plan,
         dev_server,
         finish,
@@ -154,7 +155,7 @@ async def run(runs: int, warmup: int) -> str:
         onprem, cloud = f"bench-onprem-{suffix}", f"bench-cloud-{suffix}"
         plan = bench_plan(onprem, cloud)
         gates = [e.name for e in plan.environments if e.gate]
-        systems = InstantSystems()
+        systems = InstantSystems(config=bench_config(onprem, cloud))
         async with release_workers(
             client, onprem, cloud, systems, extra_workflows=[BareRelease], extra_activities=[noop]
         ):

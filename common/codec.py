@@ -27,6 +27,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, PayloadCodec, default
 
 from common.config import ConfigError, PayloadEncryption
+from workflows.approval_types import PLAINTEXT_MARK
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -90,8 +91,13 @@ class EncryptionCodec(PayloadCodec):
         return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        """Decrypt encrypted payloads with the key they name; pass any other payload through unchanged."""
-        return [self._decrypt(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
+        """Decrypt encrypted payloads with the key they name; pass any other payload through, marked.
+
+        The mark (`ferry-plaintext` metadata, ignored by the converters) lets a workflow refuse a decision
+        that was sent without encryption where encryption is on: only someone bypassing Ferry's clients (and
+        its keys) sends one. Old plaintext histories still decode as before.
+        """
+        return [self._decrypt(p) if p.metadata.get("encoding") == ENCODING else _marked(p) for p in payloads]
 
     def _decrypt(self, payload: Payload) -> Payload:
         key_id = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
@@ -112,6 +118,13 @@ class EncryptionCodec(PayloadCodec):
         decoded = Payload()
         decoded.ParseFromString(plain)
         return decoded
+
+
+def _marked(payload: Payload) -> Payload:
+    marked = Payload()
+    marked.CopyFrom(payload)
+    marked.metadata[PLAINTEXT_MARK] = b"1"
+    return marked
 
 
 def _decode_key(key_id: str, where: str, value: str) -> bytes:

@@ -197,6 +197,22 @@ class TLS(_Model):
     server_name: str | None = None
 
 
+class CodecServerSettings(_Model):
+    """Who `ferry codec-server` answers: it decrypts any payload for its caller, so it wants a credential.
+
+    The token is read at call time like every other credential reference (`CredentialRef.read()`).
+    """
+
+    token: CredentialRef | None = Field(
+        default=None,
+        description="bearer token every request must carry (Authorization: Bearer ...); none: loopback only",
+    )
+    allow_encode: bool = Field(
+        default=False,
+        description="serve POST /encode: it lets anyone with UI access craft encrypted payloads (e.g. signals)",
+    )
+
+
 class PayloadEncryption(_Model):
     """AES-256-GCM encryption of every payload sent to Temporal (common/codec.py); off while `keys` is empty.
 
@@ -205,6 +221,7 @@ class PayloadEncryption(_Model):
 
     active_key: str | None = Field(default=None, description="id of the key that encrypts new payloads")
     keys: dict[str, CredentialRef] = Field(default_factory=dict, description="key id -> secret reference")
+    codec_server: CodecServerSettings = CodecServerSettings()
 
     @model_validator(mode="after")
     def _active_is_known(self) -> PayloadEncryption:
@@ -244,11 +261,34 @@ class TemporalSettings(_Model):
 
 
 class Repo(_Model):
-    """A git repository: URL (or local path) and its main branch."""
+    """A git repository: URL (or local path) and its main branch; the URL never carries a credential."""
 
     url: str
     branch: str = "main"
     name: str | None = Field(default=None, description="short name used in workflow ids; default from URL")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        # The URL is copied into every release's input (so into Temporal's history), messages and logs: a token
+        # in it would leak to all of them. ssh://git@host and git@host:path name the ssh user, not a secret.
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+        except ValueError:
+            return v  # not a URL (a local path); git reports it if it cannot use it
+        if "@" not in parts.netloc:
+            return v
+        if parts.scheme.lower() in ("http", "https") or parts.password is not None:
+            raise ValueError(
+                "credentials must not be in the URL (it is copied into workflow inputs, Temporal's history and "
+                "logs): remove the 'user:token@' part and give each worker's git the credential instead: a git "
+                "credential helper that reads the token from a secret reference (an environment variable or a "
+                "file; `git config --global credential.helper ...`), or an SSH deploy key with an "
+                "ssh://git@HOST/... URL"
+            )
+        return v
 
     @property
     def short_name(self) -> str:
@@ -345,15 +385,43 @@ class Gate(_Model):
     )
 
 
+class Signatures(_Model):
+    """Signed decisions (`ferry approve --as USER`): which keys may sign for whom, and for how long."""
+
+    allowed_signers: str = Field(
+        description="ssh-keygen allowed_signers file (relative to ferry.yaml): principal, options, public key"
+    )
+    max_age_seconds: float = Field(
+        default=900, gt=0, le=86400, description="a signed decision older than this is refused as a replay"
+    )
+    key_dir: str | None = Field(
+        default=None, description="CLI only: where `<user>` private keys live (sandbox, tests); else --key"
+    )
+
+
 class Approvals(_Model):
     """Where approver identities come from, and gate defaults."""
 
     deadline_hours: float = Field(default=72, gt=0)
     allow_as_flag: bool = Field(
-        default=False, description="accept `--as USER` (sandbox, tests); else identity from --from-buildkite"
+        default=False,
+        description="legacy, ignored: `--as USER` now names the signer of a signed decision (approvals.signatures)",
     )
     trust_buildkite_teams: bool = Field(
-        default=False, description="a BUILDKITE_UNBLOCKER_TEAMS team named like a gate group counts as membership"
+        default=False,
+        description="a Buildkite team (read from the Buildkite API) named like a gate group counts as membership",
+    )
+    signatures: Signatures | None = Field(default=None, description="verify `ferry approve --as` by SSH signature")
+    buildkite_block_step: str = Field(
+        default="approve-{stage}",
+        description="the key of the block step whose unblocker decides a gate ({stage}: the gate's stage)",
+    )
+    buildkite_pipelines: list[str] = Field(
+        default_factory=list, description="pipelines whose block steps may decide gates (empty: any in the org)"
+    )
+    trust_unverified: bool = Field(
+        default=False,
+        description="sandbox only (needs `sandbox: true`): a decision without proof counts, shown as unverified",
     )
     group_file: str | None = Field(default=None, description="YAML mapping group -> members, merged into groups")
     freeze_override_groups: list[str] = Field(
@@ -561,6 +629,7 @@ class FerryConfig(_Model):
     change_analysis: ChangeAnalysis = ChangeAnalysis()
     observability: Observability = Observability()
     workdir: str = Field(default="~/.cache/ferry", description="where workers keep git clones")
+    sandbox: bool = Field(default=False, description="marks the embedded sandbox's config (`ferry sandbox up`)")
 
     @field_validator("sites")
     @classmethod
@@ -616,6 +685,13 @@ class FerryConfig(_Model):
             for env in window.environments:
                 if env not in self.environments:
                     problems.append(f"freeze_windows.{i}.environments: unknown environment '{env}'")
+        if self.approvals.trust_unverified and not self.sandbox:
+            problems.append(
+                "approvals.trust_unverified: only a sandbox config (sandbox: true) may count decisions without a "
+                "verified identity; configure approvals.signatures and Buildkite instead"
+            )
+        if "{stage}" not in self.approvals.buildkite_block_step:
+            problems.append("approvals.buildkite_block_step: must contain {stage}, e.g. approve-{stage}")
         for group in self.approvals.freeze_override_groups:
             if group not in self.groups:
                 problems.append(f"approvals.freeze_override_groups: unknown group '{group}'")
@@ -737,12 +813,25 @@ def _merge_group_file(data: dict[str, Any], path: Path) -> None:
     data["groups"] = merged
 
 
+def _resolve_signers(data: dict[str, Any], path: Path) -> None:
+    """approvals.signatures.allowed_signers and key_dir relative to ferry.yaml, as group_file is."""
+    sigs = (data.get("approvals") or {}).get("signatures")
+    if not isinstance(sigs, dict):
+        return
+    for key in ("allowed_signers", "key_dir"):
+        value = sigs.get(key)
+        if isinstance(value, str) and value:
+            expanded = Path(value).expanduser()
+            sigs[key] = str(expanded if expanded.is_absolute() else (path.parent / expanded).resolve())
+
+
 def parse_config(data: Any, path: Path | str = "ferry.yaml") -> FerryConfig:
     """Validate already-parsed YAML; ConfigError names file, key and problem."""
     path = Path(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must be a YAML mapping of keys (temporal, sites, repos, ...)")
     _merge_group_file(data, path)
+    _resolve_signers(data, path)
     try:
         return FerryConfig.model_validate(data)
     except ValidationError as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -19,9 +18,7 @@ from typing import Any, TextIO
 import structlog
 from temporalio import activity
 
-REDACTED = "[redacted]"
-# Keys whose values are secrets whatever the caller meant to log: tokens, passwords, Authorization headers.
-SECRET_KEY = re.compile(r"token|passw(or)?d|secret|authorization|api[_-]?key|private[_-]?key|cookie", re.IGNORECASE)
+from common.redact import REDACTED, is_secret_key
 
 
 def _temporal_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -38,7 +35,7 @@ def _temporal_context(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
 
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) else _redact(v) for k, v in value.items()}
+        return {k: REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact(v) for v in value]
     return value
@@ -47,7 +44,7 @@ def _redact(value: Any) -> Any:
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace the value of every key named like a secret (also inside dicts), so a careless field never leaks."""
     for key in list(event):
-        if key != "event" and SECRET_KEY.search(key):
+        if key != "event" and is_secret_key(key):
             event[key] = REDACTED
         elif isinstance(event[key], dict | list | tuple):
             event[key] = _redact(event[key])

@@ -1,14 +1,19 @@
-"""Freeze the part of ferry.yaml a release needs into its input (`ReleasePlan`).
+"""The part of ferry.yaml a release needs (`ReleasePlan`), and the approval policy of one gate (`GatePolicy`).
 
-A release replays against the configuration it started with, so editing ferry.yaml later (a new approver,
-a new service) never breaks the replay of a release already in flight.
+Both are built on a worker from the worker's own ferry.yaml (`ferry.plan`, `approvals.policy`) and recorded
+in the history, so a release replays against the configuration it ran with, and no caller can widen them.
+The CLI builds a plan too, only to know where to send things (the app repo's name, the onprem queue).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 
 from common.config import FerryConfig
+from workflows.approval_types import GatePolicy
 from workflows.types import (
     ActivitySettings,
     AllowedCveSpec,
@@ -72,33 +77,9 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
             for name, s in cfg.services.items()
         ],
         environments=environments,
-        gates=[
-            GateSpec(
-                name=g,
-                groups=list(gate.groups),
-                members={grp: list(cfg.groups[grp]) for grp in gate.groups},
-                required_approvals=gate.required_approvals,
-                forbid_commit_author=gate.forbid_commit_author,
-                forbid_previous_approvers=gate.forbid_previous_approvers,
-                deadline_seconds=(gate.deadline_hours or cfg.approvals.deadline_hours) * 3600,
-                trust_teams=cfg.approvals.trust_buildkite_teams,
-            )
-            for g, gate in cfg.gates.items()
-        ],
-        freeze_windows=[
-            FreezeWindowSpec(
-                environments=list(w.environments),
-                reason=w.reason,
-                start=w.start.isoformat() if w.start else "",
-                end=w.end.isoformat() if w.end else "",
-                cron=w.cron or "",
-                duration_seconds=(w.duration_hours or 0) * 3600,
-            )
-            for w in cfg.freeze_windows
-        ],
-        freeze_override_members=sorted(
-            {m for grp in cfg.approvals.freeze_override_groups for m in cfg.groups.get(grp, [])}
-        ),
+        gates=[gate_spec(cfg, g) for g in cfg.gates],
+        freeze_windows=freeze_windows(cfg),
+        freeze_override_members=freeze_override_members(cfg),
         notify=cfg.notifications.webhook_url is not None,
         sign_images=cfg.signing.key is not None,
         change_engine=cfg.change_analysis.engine,
@@ -123,3 +104,56 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
             heartbeat_seconds=t.heartbeat_seconds,
         ),
     )
+
+
+def gate_spec(cfg: FerryConfig, name: str) -> GateSpec:
+    """Who may decide the gate `name`, with its groups' members as configured now."""
+    gate = cfg.gates[name]
+    return GateSpec(
+        name=name,
+        groups=list(gate.groups),
+        members={grp: list(cfg.groups[grp]) for grp in gate.groups},
+        required_approvals=gate.required_approvals,
+        forbid_commit_author=gate.forbid_commit_author,
+        forbid_previous_approvers=gate.forbid_previous_approvers,
+        deadline_seconds=(gate.deadline_hours or cfg.approvals.deadline_hours) * 3600,
+        trust_teams=cfg.approvals.trust_buildkite_teams,
+    )
+
+
+def freeze_windows(cfg: FerryConfig) -> list[FreezeWindowSpec]:
+    """The configured freeze windows."""
+    return [
+        FreezeWindowSpec(
+            environments=list(w.environments),
+            reason=w.reason,
+            start=w.start.isoformat() if w.start else "",
+            end=w.end.isoformat() if w.end else "",
+            cron=w.cron or "",
+            duration_seconds=(w.duration_hours or 0) * 3600,
+        )
+        for w in cfg.freeze_windows
+    ]
+
+
+def freeze_override_members(cfg: FerryConfig) -> list[str]:
+    """Release managers: the members of approvals.freeze_override_groups."""
+    return sorted({m for grp in cfg.approvals.freeze_override_groups for m in cfg.groups.get(grp, [])})
+
+
+def build_gate_policy(cfg: FerryConfig, gate: str) -> GatePolicy:
+    """The policy of gate `gate` ('' for none: release managers and freezes only), versioned by its hash.
+
+    The version is the sha256 of the policy's canonical JSON, so the same rules give the same version on every
+    worker and `ferry status` can say which rules decided a gate.
+    """
+    policy = GatePolicy(
+        version="",
+        gate=gate_spec(cfg, gate) if gate else None,
+        freeze_windows=freeze_windows(cfg),
+        freeze_override_members=freeze_override_members(cfg),
+        trust_unverified=cfg.approvals.trust_unverified,
+    )
+    canonical = json.dumps(dataclasses.asdict(policy), sort_keys=True, separators=(",", ":"))
+    policy.version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return policy

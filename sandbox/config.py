@@ -12,6 +12,9 @@ ENVIRONMENTS = ("testbed", "staging", "production")
 
 # The demo's approvers: QA decides staging, the release manager decides production.
 DEMO_USERS = {"staging": "quinn", "production": "rita"}
+# Everyone the sandbox knows, with the email its Buildkite stand-in knows them by; each gets an SSH signing key
+# (`.sandbox/keys/<name>`) listed in `.sandbox/allowed_signers` under both names. mallory is in no group.
+PEOPLE = {name: f"{name}@example.com" for name in ("quinn", "quentin", "rita", "raj", "mallory")}
 
 
 def default_ports(base: int = 7233) -> dict[str, int]:
@@ -83,6 +86,7 @@ def sandbox_config(
     tracker_token: dict[str, str] | None = None,
     tracker: str = "github",
     encryption_key: dict[str, str] | None = None,
+    signatures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """ferry.yaml (as a dict) for stand-ins at `urls`; `credentials` maps stand-in -> credential reference.
 
@@ -92,6 +96,9 @@ def sandbox_config(
 
     With `tracker_url` and `tracker_token` (the sandbox receiver's URL and a credential reference), a production
     rollback opens an issue there: `tracker` "github" (default) or "gitlab", project acme/shop.
+
+    With `signatures` (the `approvals.signatures` section: allowed_signers and the CLI's key_dir), decisions
+    signed by the sandbox's people verify; without it only Buildkite proofs can decide.
 
     With `progressive` (default), production's api and web are Argo Rollouts on the cloud cluster (the kube
     stand-in at /clusters/cloud), promoted automatically after `soak_minutes` at each pause.
@@ -164,7 +171,11 @@ def sandbox_config(
             "staging": {"groups": ["qa"]},
             "production": {"groups": ["release-managers"], "forbid_commit_author": True},
         },
-        "approvals": {"allow_as_flag": True, "freeze_override_groups": ["release-managers"]},
+        "approvals": {
+            "freeze_override_groups": ["release-managers"],
+            "trust_buildkite_teams": True,
+            **({"signatures": signatures} if signatures else {}),
+        },
         "signing": signing or {},
         "notifications": {"webhook_url": webhook_url} if webhook_url else {},
         "feedback": (
@@ -181,5 +192,6 @@ def sandbox_config(
             "poll_seconds": poll_seconds,
         },
         "workdir": workdir,
+        "sandbox": True,
         "observability": {"metrics": sandbox_metrics(temporal_address)},
     }

@@ -29,7 +29,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from sandbox.config import STANDINS, default_ports, sandbox_config
+from common import signatures
+from sandbox.config import PEOPLE, STANDINS, default_ports, sandbox_config
 from sandbox.repos import create_repos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +258,7 @@ class Sandbox:
         progress("registering Harbor projects, the replication policy and the Argo CD applications")
         policy_id = self._seed(ports, tokens, gitops_repo)
         signing = self._cosign_keys()
+        signers = self._signing_keys()
         webhook = self.root / "secrets" / "webhook-url"
         if not webhook.exists():
             webhook.write_text(f"http://127.0.0.1:{ports['receiver']}/hooks/{secrets.token_urlsafe(16)}")
@@ -281,6 +283,7 @@ class Sandbox:
             tracker_url=f"http://127.0.0.1:{ports['receiver']}",
             tracker_token={"file": str(tracker_token)},
             encryption_key={"file": str(payload_key)},
+            signatures=signers,
         )
         config["provisioning"] = self._provisioning(ports)
         if config["provisioning"]:
@@ -317,6 +320,22 @@ class Sandbox:
                 path.chmod(0o600)
             tokens[name] = path.read_text().strip()
         return tokens
+
+    def _signing_keys(self) -> dict:
+        """An SSH key per sandbox person and the allowed_signers file the workers verify decisions against.
+
+        Each line names the person twice (`quinn,quinn@example.com`): as they sign, and as the Buildkite
+        stand-in knows them, so both channels are one person to the four-eyes rules.
+        """
+        keys = self.root / "keys"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        lines = ["# Written by `ferry sandbox up`: who may sign Ferry decisions (ssh-keygen(1) ALLOWED SIGNERS)"]
+        for name, email in PEOPLE.items():
+            public = signatures.generate_key(keys / name, email)
+            lines.append(signatures.allowed_signers_line(f"{name},{email}", public))
+        allowed = self.root / "allowed_signers"
+        allowed.write_text("\n".join(lines) + "\n")
+        return {"allowed_signers": str(allowed), "key_dir": str(keys)}
 
     def _payload_key(self) -> Path:
         """The AES-256 key that encrypts the sandbox's Temporal payloads (made once, base64, mode 0600)."""

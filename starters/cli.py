@@ -13,6 +13,7 @@ from temporalio.service import RPCError
 
 from common.config import ConfigError, load_config
 from starters.common import FAILED, OK, UNREACHABLE, USAGE, CommandError
+from starters.identity import add_identity_arguments
 
 EXIT_CODES = """exit codes:
   0  done (release succeeded, nothing to release, decision accepted)
@@ -75,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         d = sub.add_parser(
             name,
             help=f"{verb} a gate of a release (or a provisioning)",
-            description=f"{verb.capitalize()} a gate. Identity: --from-buildkite (BUILDKITE_UNBLOCKER, "
-            "BUILDKITE_UNBLOCKER_EMAIL, BUILDKITE_UNBLOCKER_TEAMS of the block step), or --as where ferry.yaml "
-            "allows it (approvals.allow_as_flag).",
+            description=f"{verb.capitalize()} a gate. The workers verify who decides: `--as USER` signs the "
+            "decision with USER's SSH key (checked against the workers' allowed_signers file); --from-buildkite, "
+            "in a step after a block step, has the workers ask the Buildkite API who unblocked it. Who may decide "
+            "is the workers' ferry.yaml (gate groups, four-eyes, required approvals), loaded when the gate opened.",
         )
         d.add_argument("release", nargs="?", help="release id (shop-<sha12>), commit SHA or workflow id")
         d.add_argument("--stage", required=True, help="the gated environment, e.g. staging or production")
-        d.add_argument("--as", dest="as_user", help="who decides (only where approvals.allow_as_flag is true)")
-        d.add_argument("--from-buildkite", action="store_true", help="identity of the unblocker of this build")
+        add_identity_arguments(d, "decides")
         d.add_argument("--comment", default="", help="kept in the audit and shown by status")
         if name == "approve":
             d.add_argument(
@@ -101,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("release", help="release id (shop-<sha12>), commit SHA or workflow id")
     pr.add_argument("--stage", required=True, help="the environment whose Rollouts are paused, e.g. production")
-    pr.add_argument("--as", dest="as_user", help="who promotes (only where approvals.allow_as_flag is true)")
-    pr.add_argument("--from-buildkite", action="store_true", help="identity of the unblocker of this build")
+    add_identity_arguments(pr, "promotes")
     pr.add_argument("--comment", default="", help="kept in the audit")
     pr.add_argument("--json", action="store_true")
 
@@ -146,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("environment")
     rb.add_argument("--to", required=True, metavar="RELEASE", help="release id (shop-<sha12>), SHA or workflow id")
     rb.add_argument("--comment", required=True, help="why; kept in the audit and the Ferry-Rollback trailer")
-    who = rb.add_mutually_exclusive_group()
-    who.add_argument("--as", dest="as_user", help="who (only where approvals.allow_as_flag is true)")
-    who.add_argument("--from-buildkite", action="store_true", help="identity of the block step's unblocker")
+    add_identity_arguments(rb, "rolls back")
     rb.add_argument("--wait", action="store_true", help="follow the rollback to its end")
     rb.add_argument("--json", action="store_true")
 

@@ -98,6 +98,16 @@ async def run(args: argparse.Namespace) -> int:
     cloud = _harbor_has(sandbox, "harbor-cloud", SERVICE, digest)
     same = "identical on Harbor-OnPrem and Harbor-Cloud" if onprem and cloud else "NOT on both Harbor instances"
     _say(f"  digest {digest}: {same}")
+    signers = cfg.approvals.signatures
+    for gate in final.gates:
+        how = "; ".join(gate.verified_by) or "-"
+        _say(f"  gate {gate.stage:<10} {gate.state}, verified by the onprem worker: {how}")
+    if signers is not None:
+        _say(
+            f"    (each approval was signed with the approver's SSH key in {signers.key_dir} and checked with "
+            f"ssh-keygen -Y verify against {signers.allowed_signers}; the gate policy came from the workers' "
+            "ferry.yaml, not from the command that started the release)"
+        )
     _say(f"  Temporal UI: {release_cmds.ui_link(cfg, wf_id)}")
     _say(f"  DORA report: {ferry} report --since 1d --html report.html")
     return OK if final.outcome == "succeeded" and onprem and cloud else FAILED

@@ -31,6 +31,7 @@ from starters.common import (
     release_id_for,
     workflow_id_for,
 )
+from starters.identity import who_decides
 from starters.render import render_status
 from workflows import search
 from workflows.coordinator import BranchCoordinator, coordinator_workflow_id
@@ -40,6 +41,7 @@ from workflows.types import (
     CoordinatorInput,
     CoordinatorStatus,
     Decision,
+    GateStatus,
     ReleaseInput,
     ReleaseStatus,
     RolloutPromoteRequest,
@@ -260,44 +262,29 @@ async def status(cfg: FerryConfig, args: argparse.Namespace) -> int:
     return OK
 
 
-def decision_from_args(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> Decision:
-    """Who decides, from where it can be trusted: Buildkite's unblocker variables, or --as where allowed."""
+def decision_from_args(cfg: FerryConfig, args: argparse.Namespace, approve: bool, workflow_id: str) -> Decision:
+    """The decision on `workflow_id`, with the proof of who decides (starters.identity) for the workers."""
     comment = args.comment or ""
-    if getattr(args, "override_freeze", False) and not comment.strip():
+    override = getattr(args, "override_freeze", False)
+    if override and not comment.strip():
         raise CommandError("--override-freeze needs --comment saying why the freeze is overridden")
-    if getattr(args, "from_buildkite", False):
-        env = os.environ
-        name, email = env.get("BUILDKITE_UNBLOCKER", ""), env.get("BUILDKITE_UNBLOCKER_EMAIL", "")
-        if not (name or email):
-            raise CommandError(
-                "--from-buildkite: BUILDKITE_UNBLOCKER is not set; run this in a step after a block step"
-            )
-        teams = [t for t in env.get("BUILDKITE_UNBLOCKER_TEAMS", "").split(":") if t]
-        return Decision(
-            stage=args.stage,
-            user=email or name,
-            email=email,
-            teams=teams,
-            comment=comment,
-            approve=approve,
-            channel="buildkite",
-            override_freeze=getattr(args, "override_freeze", False),
-        )
-    if not cfg.approvals.allow_as_flag:
-        raise CommandError(
-            "this ferry.yaml takes approver identity from Buildkite only (approvals.allow_as_flag is false): "
-            "run `ferry approve --from-buildkite` in a step after a block step"
-        )
-    user = args.as_user or os.environ.get("FERRY_USER") or os.environ.get("USER", "")
-    if not user:
-        raise CommandError("who is deciding? pass --as USER (or set FERRY_USER)")
+    who = who_decides(
+        cfg,
+        args,
+        workflow_id=workflow_id,
+        action="approve" if approve else "reject",
+        stage=args.stage,
+        comment=comment,
+        override_freeze=override,
+    )
     return Decision(
         stage=args.stage,
-        user=user,
+        user=who.user,
         comment=comment,
         approve=approve,
-        channel="cli",
-        override_freeze=getattr(args, "override_freeze", False),
+        channel=who.channel,
+        override_freeze=override,
+        proof=who.proof,
     )
 
 
@@ -315,43 +302,56 @@ async def run_update(handle: WorkflowHandle, update: Any, arg: Any, when_ended: 
 
 
 async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
-    """Approve or reject a gate through the validated Update; a refusal exits FAILED with the reason."""
-    decision = decision_from_args(cfg, args, approve)
+    """Approve or reject a gate through its Update; a refusal exits FAILED with the reason."""
     ref = args.release or (os.environ.get("BUILDKITE_COMMIT", "") if getattr(args, "from_buildkite", False) else "")
     if not ref:
         raise CommandError("which release? give RELEASE (or run with --from-buildkite inside the build)")
     wf_id = workflow_id_for(cfg, ref)
+    decision = decision_from_args(cfg, args, approve, wf_id)
     client = await client_for(cfg)
     handle = await existing_handle(client, wf_id)
     update = ReleaseWorkflow.approve if approve else ReleaseWorkflow.reject
     gate = await run_update(handle, update, decision, "no gate to decide")
     if args.json:
         print_json(gate)
-    elif gate.state == "waiting":
-        print(f"{gate.stage}: approved by {decision.user}; {len(gate.approvals)} of {gate.required} approvals")
+        return OK
+    approver = gate.approvals[-1] if approve and gate.approvals else gate.decided_by or decision.user
+    if gate.state == "waiting":
+        print(f"{gate.stage}: approved by {approver}; {len(gate.approvals)} of {gate.required} approvals")
     else:
         who = ", ".join(gate.approvals) if gate.state == "approved" and gate.approvals else gate.decided_by
         line = f"{gate.stage}: {gate.state} by {who}" + (f' "{gate.comment}"' if gate.comment else "")
         if gate.frozen_until and not gate.freeze_overridden_by:
             line += f"; frozen until {gate.frozen_until} ({gate.freeze_reason}), the move waits"
         print(line)
+    print(f"  identity: {verification_line(gate)}")
     return OK
+
+
+def verification_line(gate: GateStatus) -> str:
+    """How the workers established who decided the gate, and under which policy version."""
+    if not gate.policy_version:
+        return "as sent (a release started before verified decisions)"
+    how = gate.verified_by[-1] if gate.verified_by else "-"
+    warning = "UNVERIFIED (approvals.trust_unverified, sandbox only); " if gate.unverified else ""
+    return f"{warning}verified by the workers: {how}; gate policy {gate.policy_version} (the workers' ferry.yaml)"
 
 
 async def promote(cfg: FerryConfig, args: argparse.Namespace) -> int:
     """Promote the paused Argo Rollout step of an environment whose promotion policy is `approval`."""
-    who = decision_from_args(cfg, args, approve=True)
-    request = RolloutPromoteRequest(
-        environment=args.stage, user=who.user, email=who.email, comment=args.comment or "", channel=who.channel
-    )
     wf_id = workflow_id_for(cfg, args.release)
+    comment = args.comment or ""
+    who = who_decides(cfg, args, workflow_id=wf_id, action="promote", stage=args.stage, comment=comment)
+    request = RolloutPromoteRequest(
+        environment=args.stage, user=who.user, comment=comment, channel=who.channel, proof=who.proof
+    )
     client = await client_for(cfg)
     handle = await existing_handle(client, wf_id)
     answer = await run_update(handle, ReleaseWorkflow.promote, request, "nothing to promote")
     if args.json:
         print_json({"release": wf_id, "environment": args.stage, "promoted_by": who.user, "answer": answer})
     else:
-        print(f"{args.stage}: {answer} (by {who.user})")
+        print(f"{args.stage}: {answer} (by {who.user}; {who.how})")
     return OK
 
 
@@ -369,6 +369,8 @@ async def audit(cfg: FerryConfig, args: argparse.Namespace) -> int:
     for a in result.audit:
         extra = f' "{a.comment}"' if a.comment else ""
         extra += f" -- refused: {a.reason}" if a.reason else ""
+        extra += f" [{a.method}]" if a.method else ""
+        extra += f" policy {a.policy_version}" if a.policy_version else ""
         print(f"{a.at}  {a.stage:<11} {a.action:<24} {a.user:<24} via {a.channel}{extra}")
     return OK
 

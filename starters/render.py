@@ -50,12 +50,19 @@ def render_status(s: ReleaseStatus, ui_link: str = "") -> str:
         for g in s.gates:
             who = f" by {g.decided_by}" if g.decided_by else ""
             comment = f' "{g.comment}"' if g.comment else ""
-            lines.append(f"  {g.stage:<12} {g.state}{who}{comment}")
+            policy = f" (policy {g.policy_version})" if g.policy_version else ""
+            lines.append(f"  {g.stage:<12} {g.state}{who}{comment}{policy}")
+            if g.unverified:
+                lines.append(f"  {'':<12} WARNING: decided without a verified identity (approvals.trust_unverified)")
+            for a in s.audit:
+                if a.stage == g.stage and a.action != "refused" and a.method:
+                    lines.append(f"  {'':<12} {a.action} by {a.user}: {a.method}")
     refusals = [a for a in s.audit if a.action == "refused"]
     if refusals:
         lines.append("refused decisions")
         for a in refusals:
-            lines.append(f"  {a.at} {a.user} at {a.stage} via {a.channel}: {a.reason}")
+            via = f" via {a.channel}" + (f" ({a.method})" if a.method else "")
+            lines.append(f"  {a.at} {a.user} (as claimed) at {a.stage}{via}: {a.reason}")
     if s.timings:
         lines.append("timings")
         for stage, t in sorted(s.timings.items(), key=lambda item: item[1].get("started", "")):

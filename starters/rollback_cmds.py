@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import dataclasses
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -19,39 +19,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from common.config import FerryConfig
 from common.plan import build_plan
 from starters.common import FAILED, OK, CommandError, client_for, existing_handle, print_json, workflow_id_for
+from starters.identity import who_decides
 from workflows.release import ReleaseWorkflow
-from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+from workflows.rollback import RollbackWorkflow, rollback_target, rollback_workflow_id
 from workflows.types import Artifact, ReleaseStatus, RollbackInput, RollbackStatus
 
 # How long the CLI waits, without --wait, for the workflow to accept or refuse the rollback.
 DECISION_SECONDS = 30.0
-
-
-def identity_from_args(cfg: FerryConfig, args: argparse.Namespace) -> tuple[str, str, list[str], str]:
-    """(user, email, teams, channel) of the requester, from where it can be trusted.
-
-    --from-buildkite takes the unblocker of the build's block step (BUILDKITE_UNBLOCKER*), as `ferry approve`
-    does. BUILDKITE_BUILD_CREATOR is not used: for webhook builds Buildkite sets it from the (unverified)
-    commit (environment_variables.yaml in ../shared/specs/buildkite), so anyone could claim to be anyone.
-    """
-    if args.from_buildkite:
-        env = os.environ
-        name, email = env.get("BUILDKITE_UNBLOCKER", ""), env.get("BUILDKITE_UNBLOCKER_EMAIL", "")
-        if not (name or email):
-            raise CommandError(
-                "--from-buildkite: BUILDKITE_UNBLOCKER is not set; run the rollback in a step after a block step"
-            )
-        teams = [t for t in env.get("BUILDKITE_UNBLOCKER_TEAMS", "").split(":") if t]
-        return email or name, email, teams, "buildkite"
-    if not cfg.approvals.allow_as_flag:
-        raise CommandError(
-            "this ferry.yaml takes identities from Buildkite only (approvals.allow_as_flag is false): run "
-            "`ferry rollback ... --from-buildkite` in a step after a block step"
-        )
-    user = args.as_user or os.environ.get("FERRY_USER") or os.environ.get("USER", "")
-    if not user:
-        raise CommandError("who is rolling back? pass --as USER (or set FERRY_USER)")
-    return user, "", [], "cli"
 
 
 def artifacts_of(cfg: FerryConfig, status: ReleaseStatus) -> list[Artifact]:
@@ -73,7 +47,6 @@ async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namesp
     comment = (args.comment or "").strip()
     if not comment:
         raise CommandError("a rollback needs --comment saying why; it is kept in the audit and the GitOps commit")
-    user, email, teams, channel = identity_from_args(cfg, args)
     target_id = workflow_id_for(cfg, args.to)
     handle = await existing_handle(client, target_id)
     target: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
@@ -87,18 +60,25 @@ async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namesp
     artifacts = artifacts_of(cfg, target)
     if not artifacts:
         raise CommandError(f"release {target.release_id} built no images; nothing to roll {env} back to")
-    return RollbackInput(
+    inp = RollbackInput(
         environment=env,
         target_release_id=target.release_id,
         target_commit=target.commit,
         artifacts=artifacts,
         comment=comment,
-        requested_by=user,
+        requested_by="",
         plan=build_plan(cfg),
-        email=email,
-        teams=teams,
-        channel=channel,
     )
+    who = who_decides(
+        cfg,
+        args,
+        workflow_id=rollback_workflow_id(inp.plan.app_repo, env, target.commit),
+        action="rollback",
+        stage=env,
+        comment=comment,
+        target=rollback_target(inp),
+    )
+    return dataclasses.replace(inp, requested_by=who.user, channel=who.channel, proof=who.proof)
 
 
 async def rollback(cfg: FerryConfig, args: argparse.Namespace) -> int:

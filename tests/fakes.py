@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from temporalio import activity
 
 from activities import errors
+from activities.approvals import ApprovalActivities
+from common.config import FerryConfig, parse_config
+from common.plan import build_plan
 from workflows.types import (
     AnalyzeChangesInput,
     ArgoSyncInput,
@@ -36,6 +39,7 @@ from workflows.types import (
     PolicyCheckResult,
     QualityGateInput,
     QualityGateResult,
+    ReleasePlan,
     RenderPipelineInput,
     ReplicationInput,
     ReplicationResult,
@@ -52,6 +56,25 @@ from workflows.types import (
 )
 
 PREVIOUS_DIGEST = "sha256:" + "0" * 64  # what environments ran before the release (after a revert)
+
+# The ferry.yaml each fake onprem worker holds, by its task queue: its plan and gate policies come from here,
+# never from a workflow's input, just as a real worker's come from its own file.
+WORKER_CONFIGS: dict[str, FerryConfig] = {}
+
+
+def worker_plan(cfg: dict | FerryConfig) -> ReleasePlan:
+    """The plan of `cfg`, which is also what the fake onprem worker of its queue loads (`ferry.plan`)."""
+    parsed = cfg if isinstance(cfg, FerryConfig) else parse_config(cfg)
+    WORKER_CONFIGS[parsed.task_queue("onprem")] = parsed
+    return build_plan(parsed)
+
+
+def worker_config() -> FerryConfig:
+    """The config of the worker running the current activity (set by `worker_plan`)."""
+    queue = activity.info().task_queue
+    if queue not in WORKER_CONFIGS:
+        raise RuntimeError(f"no worker config for task queue {queue}: build the plan with tests.fakes.worker_plan")
+    return WORKER_CONFIGS[queue]
 
 
 @dataclass
@@ -190,6 +213,9 @@ class Fakes:
 
         fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, deployed, issue, e2e, sign]
         fakes += self._both()
+        # Not fakes: the workers' own plan, policy and signature checks, over the queue's worker config.
+        approvals = ApprovalActivities(worker_config)
+        fakes += [approvals.plan, approvals.policy, approvals.verify]
         return [*fakes, notify_fake] if notify else fakes
 
     def cloud(self) -> list:

@@ -20,6 +20,8 @@ def sample_config(
     ports = default_ports()
     all_urls = {name: f"http://127.0.0.1:{ports[name]}" for name in STANDINS} | (urls or {})
     credentials = {name: {"env": "FERRY_TEST_TOKEN_" + name.upper().replace("-", "_")} for name in STANDINS}
+    from signing import ALLOWED_SIGNERS, KEY_DIR  # tests/ is on sys.path (conftest)
+
     return sandbox_config(
         urls=all_urls,
         credentials=credentials,
@@ -30,4 +32,5 @@ def sample_config(
         workdir="/tmp/ferry-test-workdir",
         poll_seconds=poll_seconds,
         attempts=attempts,
+        signatures={"allowed_signers": str(ALLOWED_SIGNERS), "key_dir": str(KEY_DIR)},
     )

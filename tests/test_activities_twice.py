@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from signing import proof
 
 from activities.registry import SiteActivities
 from common.config import parse_config
@@ -19,6 +20,7 @@ from common.plan import build_plan
 from sandbox.config import STANDINS, default_ports
 from sandbox.repos import commit_change, create_repos, log
 from sandbox.standins import World, build_apps
+from workflows.approval_types import PolicyRequest, VerifyInput
 from workflows.types import (
     AnalyzeChangesInput,
     ArgoSyncInput,
@@ -103,6 +105,9 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "rancher.import_cluster",
         "rancher.install_app",
         "gitops.revert",  # twice: tests/test_gitops_revert.py
+        "ferry.plan",
+        "approvals.policy",
+        "approvals.verify",
     }
     assert set(cloud) == {
         "harbor.confirm",
@@ -224,3 +229,20 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
     assert state.phase == "Healthy" and state.promoted
     assert await twice(cloud["rollouts.promote"], RolloutPromoteInput(rollout=rollout, step=1)) == state
     assert await twice(cloud["rollouts.abort"], rollout) == state  # nothing in progress: nothing to abort
+
+    # The workers' own word: the same plan, policy and verified identity each time (the nonce is the workflow's
+    # to remember, so a second verification of one proof answers the same).
+    assert await twice(onprem["ferry.plan"], PolicyRequest()) == plan
+    gate_policy = await twice(onprem["approvals.policy"], PolicyRequest(gate="production", environment="production"))
+    assert gate_policy.gate is not None and gate_policy.gate.groups == ["release-managers"]
+    wf = "release/shop/" + commit[:12]
+    check = VerifyInput(
+        workflow_id=wf,
+        action="approve",
+        stage="production",
+        user="rita",
+        comment="ok",
+        proof=proof(wf, "approve", "production", "rita", "ok"),
+    )
+    identity = await twice(onprem["approvals.verify"], check)
+    assert identity.verified and identity.user == "rita" and identity.aliases == ["rita", "rita@example.com"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from sample import sample_config
@@ -94,30 +95,61 @@ def approve_args(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["approve", *argv])
 
 
-def test_approver_identity_from_the_buildkite_unblocker(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_buildkite_sends_a_proof_naming_the_block_step_and_believes_no_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The unblocker variables are only a claim: the proof names the build and block step for the workers to
+    read back from Buildkite (teams are never sent: the workers ask Buildkite)."""
     from starters.release_cmds import decision_from_args
 
     monkeypatch.setenv("BUILDKITE_UNBLOCKER", "Carol Danvers")
     monkeypatch.setenv("BUILDKITE_UNBLOCKER_EMAIL", "carol@nasa.gov")
     monkeypatch.setenv("BUILDKITE_UNBLOCKER_TEAMS", "everyone:release-managers")
+    monkeypatch.setenv("BUILDKITE_PIPELINE_SLUG", "shop")
+    monkeypatch.setenv("BUILDKITE_BUILD_NUMBER", "42")
     cfg = parse_config(sample_config())
-    decision = decision_from_args(cfg, approve_args("--from-buildkite", "--stage", "production"), approve=True)
-    assert (decision.user, decision.email, decision.channel) == ("carol@nasa.gov", "carol@nasa.gov", "buildkite")
-    assert decision.teams == ["everyone", "release-managers"]
+    args = approve_args("--from-buildkite", "--stage", "production")
+    decision = decision_from_args(cfg, args, approve=True, workflow_id="release/shop/abc")
+    assert (decision.user, decision.channel, decision.teams) == ("carol@nasa.gov", "buildkite", [])
+    assert decision.proof is not None
+    assert (decision.proof.kind, decision.proof.pipeline, decision.proof.build_number, decision.proof.step_key) == (
+        "buildkite",
+        "shop",
+        42,
+        "approve-production",
+    )
+    monkeypatch.delenv("BUILDKITE_BUILD_NUMBER")
+    with pytest.raises(CommandError, match="BUILDKITE_BUILD_NUMBER"):
+        decision_from_args(cfg, args, approve=True, workflow_id="release/shop/abc")
 
 
-def test_as_flag_only_where_the_config_allows_it() -> None:
+def test_as_user_signs_the_decision_for_this_workflow_gate_and_comment(tmp_path: Path) -> None:
+    from signing import ALLOWED_SIGNERS
+
+    from common import signatures
     from starters.release_cmds import decision_from_args
 
-    data = sample_config()
-    data["approvals"]["allow_as_flag"] = False
-    with pytest.raises(CommandError) as err:
-        decision_from_args(parse_config(data), approve_args("shop-x", "--stage", "staging", "--as", "quinn"), True)
-    assert err.value.code == USAGE and "--from-buildkite" in str(err.value)
-    allowed = decision_from_args(
-        parse_config(sample_config()), approve_args("x", "--stage", "staging", "--as", "q"), True
+    cfg = parse_config(sample_config())
+    args = approve_args("x", "--stage", "staging", "--as", "quinn", "--comment", "QA ok")
+    decision = decision_from_args(cfg, args, True, "release/shop/abc")
+    assert (decision.user, decision.channel) == ("quinn", "cli") and decision.proof is not None
+    claim = signatures.Claim.parse(decision.proof.claim)
+    assert (claim.workflow_id, claim.action, claim.stage, claim.principal) == (
+        "release/shop/abc",
+        "approve",
+        "staging",
+        "quinn",
     )
-    assert (allowed.user, allowed.channel) == ("q", "cli")
+    assert claim.comment_sha256 == signatures.comment_digest("QA ok")
+    assert signatures.verify(decision.proof.claim, decision.proof.signature, "quinn", ALLOWED_SIGNERS).startswith(
+        "SHA256:"
+    )
+    # Somebody without a key for the name cannot make a decision at all (no unsigned fallback).
+    data = sample_config()
+    data["approvals"]["signatures"]["key_dir"] = str(tmp_path)
+    with pytest.raises(CommandError) as err:
+        decision_from_args(parse_config(data), args, True, "release/shop/abc")
+    assert err.value.code == USAGE and "no signing key for quinn" in str(err.value)
 
 
 def test_override_freeze_needs_a_comment() -> None:
@@ -125,5 +157,5 @@ def test_override_freeze_needs_a_comment() -> None:
 
     args = approve_args("x", "--stage", "production", "--as", "rita", "--override-freeze")
     with pytest.raises(CommandError) as err:
-        decision_from_args(parse_config(sample_config()), args, True)
+        decision_from_args(parse_config(sample_config()), args, True, "release/shop/abc")
     assert "--override-freeze needs --comment" in str(err.value)

@@ -33,6 +33,7 @@ from common.temporal import connect
 from starters import replay
 from starters.codec_server import build_app, serve
 from starters.common import CommandError
+from workflows.approval_types import PLAINTEXT_MARK
 from workflows.ci import CIWorkflow
 from workflows.types import CIInput, CIResult
 
@@ -106,10 +107,15 @@ async def test_tampered_ciphertext_or_swapped_key_id_fails_authentication() -> N
         await codec.decode([relabelled])
 
 
-async def test_plaintext_payloads_pass_through() -> None:
+async def test_plaintext_payloads_pass_through_marked_as_plaintext() -> None:
+    """Old histories read as they are; the mark lets a workflow tell a decision that bypassed encryption."""
     codec = EncryptionCodec({"k1": OLD}, "k1")
     old = [plain({"written": "before encryption"}), Payload(metadata={"encoding": b"binary/null"})]
-    assert await codec.decode(old) == old
+    decoded = await codec.decode(old)
+    assert [(p.data, p.metadata["encoding"]) for p in decoded] == [(p.data, p.metadata["encoding"]) for p in old]
+    assert all(p.metadata[PLAINTEXT_MARK] == b"1" for p in decoded)
+    [encrypted] = await codec.encode([old[0]])
+    assert PLAINTEXT_MARK not in (await codec.decode([encrypted]))[0].metadata
 
 
 def test_keys_are_read_from_secret_references(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -163,8 +169,8 @@ def test_missing_key_and_unknown_active_key_are_config_errors(monkeypatch: pytes
 UI = "http://127.0.0.1:8233"
 
 
-def codec_client(codec: EncryptionCodec) -> httpx.AsyncClient:
-    app = build_app(codec, origins=[UI], namespace="default")
+def codec_client(codec: EncryptionCodec, *, allow_encode: bool = False) -> httpx.AsyncClient:
+    app = build_app(codec, origins=[UI], namespace="default", allow_encode=allow_encode)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://codec")
 
 
@@ -180,7 +186,7 @@ def from_json(body: dict) -> list[Payload]:
 async def test_codec_server_encode_then_decode_round_trip() -> None:
     codec = EncryptionCodec({"k1": OLD}, "k1")
     original = plain({"note": MARKER})
-    async with codec_client(codec) as http:
+    async with codec_client(codec, allow_encode=True) as http:
         encoded = await http.post("/encode", json=as_json(original), headers={"X-Namespace": "default"})
         assert encoded.status_code == 200
         [encrypted] = from_json(encoded.json())
@@ -228,7 +234,7 @@ async def test_codec_server_cors_preflight_for_the_ui_origin_only() -> None:
 
 def test_codec_server_needs_keys() -> None:
     cfg = parse_config(sample_config())
-    args = argparse.Namespace(origin=None, host="127.0.0.1", port=0)
+    args = argparse.Namespace(origin=None, host="127.0.0.1", port=0, allow_encode=False)
     with pytest.raises(CommandError, match="no keys"):
         serve(cfg, args)
 

@@ -136,3 +136,63 @@ def test_freeze_window_needs_one_form_and_a_timezone() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert "timezone" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ferry-bot:glpat-s3cr3t@gitlab.example.com/shop/app.git",
+        "https://ghp_s3cr3tToken@github.com/shop/app.git",
+        "http://oauth2:s3cr3t@git.internal:8080/shop/app.git",
+        "HTTPS://x-access-token:s3cr3t@github.com/shop/app.git",
+        "https://s3cr3t:@github.com/shop/app.git",
+        "ssh://git:s3cr3t@git.internal/shop/app.git",  # a password is a secret whatever the scheme
+    ],
+)
+@pytest.mark.parametrize("repo", ["app", "gitops"])
+def test_repo_url_with_credentials_is_refused(tmp_path: Path, repo: str, url: str) -> None:
+    data = sample_config()
+    data["repos"][repo]["url"] = url
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    message = str(err.value)
+    assert f"{tmp_path / 'ferry.yaml'}: repos.{repo}.url: credentials must not be in the URL" in message
+    assert "credential helper" in message and "ssh://git@" in message
+    assert "s3cr3t" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ssh://git@github.com/shop/app.git",
+        "git@github.com:shop/app.git",
+        "ssh://git@git.internal:2222/shop/app.git",
+        "https://github.com/shop/app.git",
+        "https://git.internal/shop/app@v2.git",  # an @ in the path is not userinfo
+        "/srv/git/app.git",
+        "file:///srv/git/app.git",
+        "../app",
+    ],
+)
+def test_repo_url_without_credentials_is_accepted(url: str) -> None:
+    data = sample_config()
+    data["repos"]["app"]["url"] = url
+    assert parse_config(data).repos.app.url == url
+
+
+def test_signers_file_is_relative_to_ferry_yaml_and_trust_unverified_is_for_sandboxes(tmp_path: Path) -> None:
+    data = sample_config()
+    data["approvals"]["signatures"] = {"allowed_signers": "signers/allowed", "key_dir": "~/keys"}
+    data["sandbox"] = False
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.approvals.signatures is not None
+    assert cfg.approvals.signatures.allowed_signers == str(tmp_path / "signers" / "allowed")
+    assert cfg.approvals.signatures.key_dir == str(Path("~/keys").expanduser())
+    data["approvals"]["trust_unverified"] = True
+    with pytest.raises(ConfigError, match=r"approvals.trust_unverified: only a sandbox config \(sandbox: true\)"):
+        load_config(write(tmp_path, data))
+    data["sandbox"] = True
+    assert load_config(write(tmp_path, data)).approvals.trust_unverified
+    data["approvals"]["buildkite_block_step"] = "approve"
+    with pytest.raises(ConfigError, match="must contain {stage}"):
+        load_config(write(tmp_path, data))

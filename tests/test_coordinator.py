@@ -10,20 +10,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest_asyncio
-from fakes import Fakes
+from fakes import WORKER_CONFIGS, Fakes, worker_plan
 from sample import sample_config
+from signing import signed
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from common.config import parse_config
-from common.plan import build_plan
 from starters.release_cmds import submit_commit
 from workflows import search
 from workflows.ci import CIWorkflow
 from workflows.coordinator import BranchCoordinator
 from workflows.release import ReleaseWorkflow, release_workflow_id
-from workflows.types import CoordinatorInput, CoordinatorStatus, Decision, ReleaseInput, ReleaseStatus
+from workflows.types import CoordinatorInput, CoordinatorStatus, Decision, ReleaseInput, ReleasePlan, ReleaseStatus
 
 
 def sha(n: int, tag: str) -> str:
@@ -37,7 +36,7 @@ async def running(env: WorkflowEnvironment, fakes: Fakes) -> AsyncIterator[Relea
     cfg = sample_config()
     cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
     cfg["repos"]["app"]["name"] = f"shop{suffix}"  # coordinator ids are per repo and branch
-    template = ReleaseInput(release_id="", commit="", branch="main", plan=build_plan(parse_config(cfg)))
+    template = ReleaseInput(release_id="", commit="", branch="main", plan=worker_plan(cfg))
     async with (
         Worker(
             env.client,
@@ -109,22 +108,39 @@ async def test_newer_commits_supersede_the_release_in_ci_and_skip_the_pending_on
     assert queue.counts["received"] == 4 and queue.counts["started"] == 2
 
 
-async def test_each_release_runs_on_the_config_sent_with_its_commit(time_env: WorkflowEnvironment) -> None:
-    """ferry.yaml changed after the coordinator started (a new release manager): the next release has it."""
+async def test_each_release_runs_on_the_workers_config_and_a_commit_signal_cannot_change_it(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """ferry.yaml changed on the workers after the coordinator started (a new release manager): the next release
+    has it. A plan sent with a commit (forged: no gates, mallory a release manager) changes nothing."""
     client = time_env.client
     first, second = sha(1, "config"), sha(2, "config")
     fakes = Fakes()
     async with running(time_env, fakes) as template:
         await push(client, template, first)
         await eventually(lambda: _stage_is(client, template, first, "gate:staging"), "first release at staging")
-        changed = dataclasses.replace(template.plan, freeze_override_members=["raj", "rita", "newbie"])
-        await push(client, dataclasses.replace(template, plan=changed), second)
-        history = await eventually(lambda: release(client, template, second).fetch_history(), "second release")
-        started = history.events[0].workflow_execution_started_event_attributes
-        (inp,) = await client.data_converter.decode(started.input.payloads, [ReleaseInput])
+        queue = template.plan.onprem_queue
+        edited = WORKER_CONFIGS[queue].model_copy(deep=True)
+        edited.groups["release-managers"].append("newbie")
+        WORKER_CONFIGS[queue] = edited
+        forged = dataclasses.replace(
+            template.plan,
+            freeze_override_members=["mallory"],
+            environments=[dataclasses.replace(e, gate=None) for e in template.plan.environments],
+        )
+        await push(client, dataclasses.replace(template, plan=forged), second)
+        # Still gated: the release runs on the workers' plan, not on the one that came with the commit.
+        await eventually(lambda: _stage_is(client, template, second, "gate:staging"), "second release at staging")
+        history = await release(client, template, second).fetch_history()
 
-    assert inp.plan.freeze_override_members == ["raj", "rita", "newbie"]
-    assert template.plan.freeze_override_members != inp.plan.freeze_override_members
+    [loaded] = [
+        e.activity_task_completed_event_attributes.result.payloads
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ][:1]
+    (plan,) = await client.data_converter.decode(loaded, [ReleasePlan])
+    assert plan.freeze_override_members == ["newbie", "raj", "rita"]
+    assert [e.gate for e in plan.environments] == [None, "staging", "production"]
 
 
 async def test_release_at_a_gate_is_superseded_only_once_a_newer_one_passed_ci(time_env: WorkflowEnvironment) -> None:
@@ -143,9 +159,13 @@ async def test_release_at_a_gate_is_superseded_only_once_a_newer_one_passed_ci(t
         first = await release(client, template, c[0]).result()
         await eventually(lambda: _stage_is(client, template, c[1], "gate:staging"), "second at staging gate")
         second = release(client, template, c[1])
-        await second.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="quinn"))
+        await second.execute_update(
+            ReleaseWorkflow.approve, signed(Decision(stage="staging", user="quinn"), second.id, "approve")
+        )
         await eventually(lambda: _stage_is(client, template, c[1], "gate:production"), "second at production")
-        await second.execute_update(ReleaseWorkflow.approve, Decision(stage="production", user="rita"))
+        await second.execute_update(
+            ReleaseWorkflow.approve, signed(Decision(stage="production", user="rita"), second.id, "approve")
+        )
         done = await second.result()
     assert (first.outcome, first.superseded_by, first.gates[0].state) == ("superseded", c[1], "superseded")
     assert done.outcome == "succeeded"

@@ -159,7 +159,12 @@ async def test_reject_and_unauthorised_approver(e2e: E2E) -> None:
     gate = result.gates[0]
     assert (result.outcome, gate.decided_by, gate.comment) == ("rejected", "quentin", "flaky login")
     audit = json.loads(e2e.ferry("audit", rid, "--json").out)["audit"]
-    assert [(a["user"], a["action"], a["channel"]) for a in audit] == [("quentin", "reject", "cli")]
+    # mallory's refused attempt is audited too, with the reason.
+    assert [(a["user"], a["action"], a["channel"]) for a in audit] == [
+        ("mallory", "refused", "cli"),
+        ("quentin", "reject", "cli"),
+    ]
+    assert "may not decide" in audit[0]["reason"] and audit[1]["method"].startswith("ssh signature")
     assert "quentin" in e2e.ferry("audit", rid).out
     events = [(m["ferry"]["event"], m["ferry"]["release"]) for m in e2e.webhook_messages()]
     assert ("gate_waiting", rid) in events and ("gate_decided", rid) in events

@@ -13,15 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import Fakes
+from fakes import Fakes, worker_plan
 from sample import sample_config
+from signing import signed
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
-from common.config import CredentialRef, parse_config
-from common.plan import build_plan
+from common.config import CredentialRef
 from sandbox.receiver import build_receiver
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow
@@ -62,9 +62,7 @@ async def start(
     cfg["temporal"]["task_queues"] = {"onprem": queues[0], "cloud": queues[1]}
     cfg["notifications"] = {"webhook_url": {"env": "FERRY_TEST_WEBHOOK"}}
     edit(cfg)
-    inp = ReleaseInput(
-        release_id=f"rel-{uuid.uuid4().hex[:6]}", commit=COMMIT, branch="main", plan=build_plan(parse_config(cfg))
-    )
+    inp = ReleaseInput(release_id=f"rel-{uuid.uuid4().hex[:6]}", commit=COMMIT, branch="main", plan=worker_plan(cfg))
     return await env.client.start_workflow(
         ReleaseWorkflow.run, inp, id=f"release/test/{inp.release_id}", task_queue=queues[0]
     )
@@ -80,7 +78,8 @@ async def wait_stage(handle: WorkflowHandle, stage: str) -> ReleaseStatus:
 
 
 async def approve(handle: WorkflowHandle, stage: str, user: str, **extra: Any) -> Any:
-    return await handle.execute_update(ReleaseWorkflow.approve, Decision(stage=stage, user=user, **extra))
+    decision = Decision(stage=stage, user=user, **extra)
+    return await handle.execute_update(ReleaseWorkflow.approve, signed(decision, handle.id, "approve"))
 
 
 async def test_two_distinct_approvers_open_the_gate_the_same_one_twice_counts_once(
@@ -209,7 +208,8 @@ async def test_override_after_approval_releases_a_waiting_move(time_env: Workflo
         await approve(handle, "production", "rita", override_freeze=True, comment="security fix")
         result = await handle.result()
     assert result.outcome == "succeeded"
-    assert [a.action for a in result.audit if a.stage == "production"] == ["approve", "override-freeze"]
+    # The refused override is audited too (as every refusal is), with the reason.
+    assert [a.action for a in result.audit if a.stage == "production"] == ["approve", "refused", "override-freeze"]
 
 
 async def test_high_cve_passes_testbed_and_is_blocked_for_production(

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import git
 import pytest
-from fakes import Fakes
+from fakes import Fakes, worker_plan
 from sample import sample_config
+from signing import signed, signed_rollback
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
@@ -36,13 +37,12 @@ from activities.errors import BAD_REQUEST, NON_MONOTONIC_MOVE
 from activities.gitops import GitOpsActivities
 from activities.gitrepo import GitWorkspace
 from common.config import FerryConfig, parse_config
-from common.plan import build_plan
 from sandbox.repos import commit_change, create_repos, log
 from starters import rollback_cmds
 from starters.common import FAILED, OK, CommandError
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow, release_workflow_id
-from workflows.rollback import ROLLBACK_FAILED, RollbackWorkflow, refusal, rollback_workflow_id
+from workflows.rollback import ROLLBACK_FAILED, RollbackWorkflow, refusal, rollback_target, rollback_workflow_id
 from workflows.types import (
     Artifact,
     Decision,
@@ -313,18 +313,16 @@ def rollback_request(cfg: FerryConfig, user: str, environment: str = "staging", 
         ],
         comment=kw.pop("comment", "checkout errors since the last release"),
         requested_by=user,
-        plan=build_plan(cfg),
+        plan=worker_plan(cfg),
         **kw,
     )
 
 
 async def run_rollback(env: WorkflowEnvironment, inp: RollbackInput) -> RollbackStatus:
-    return await env.client.execute_workflow(
-        RollbackWorkflow.run,
-        inp,
-        id=f"{rollback_workflow_id('shop', inp.environment, inp.target_commit)}/{uuid.uuid4().hex[:6]}",
-        task_queue=inp.plan.onprem_queue,
-    )
+    """Start the Rollback as `ferry rollback --as` does: signed by the requester (when there is one)."""
+    wf_id = f"{rollback_workflow_id('shop', inp.environment, inp.target_commit)}/{uuid.uuid4().hex[:6]}"
+    sent = signed_rollback(inp, wf_id) if inp.requested_by.strip() and inp.proof is None else inp
+    return await env.client.execute_workflow(RollbackWorkflow.run, sent, id=wf_id, task_queue=inp.plan.onprem_queue)
 
 
 async def test_rollback_by_a_gate_member_moves_syncs_and_is_audited(env: WorkflowEnvironment) -> None:
@@ -434,6 +432,8 @@ def cli_args(**kw) -> argparse.Namespace:
         "comment": "payments broke",
         "as_user": "quinn",
         "from_buildkite": False,
+        "key": None,
+        "block_step": None,
         "wait": True,
         "json": False,
     }
@@ -450,7 +450,7 @@ async def test_ferry_rollback_reads_the_release_and_runs_the_rollback(
             return env.client
 
         monkeypatch.setattr(rollback_cmds, "client_for", client_for)
-        plan = build_plan(cfg)
+        plan = worker_plan(cfg)
         release = await env.client.start_workflow(
             ReleaseWorkflow.run,
             ReleaseInput(release_id=f"shop-{COMMIT[:12]}", commit=COMMIT, branch="main", plan=plan),
@@ -462,7 +462,9 @@ async def test_ferry_rollback_reads_the_release_and_runs_the_rollback(
         # Staging is not deployed by this release yet: nothing to roll staging back to.
         with pytest.raises(CommandError, match="never completed a deployment to staging"):
             await rollback_cmds.rollback(cfg, cli_args())
-        await release.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="quinn"))
+        await release.execute_update(
+            ReleaseWorkflow.approve, signed(Decision(stage="staging", user="quinn"), release.id, "approve")
+        )
         await wait_stage(release, "gate:production")
         capsys.readouterr()
 
@@ -489,23 +491,11 @@ async def test_ferry_rollback_reads_the_release_and_runs_the_rollback(
     assert forward and all(a.app_repo_url == plan.app_repo_url for a in forward)
 
 
-def test_identity_comes_from_buildkite_unblocker_or_allowed_as_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_signed_rollback_request_names_the_exact_images() -> None:
+    """The signature covers the target's images: the same request with other digests is another request."""
     cfg = parse_config(sample_config())
-    monkeypatch.setenv("BUILDKITE_UNBLOCKER", "Quinn")
-    monkeypatch.setenv("BUILDKITE_UNBLOCKER_EMAIL", "quinn@example.com")
-    monkeypatch.setenv("BUILDKITE_UNBLOCKER_TEAMS", "qa:everyone")
-    assert rollback_cmds.identity_from_args(cfg, cli_args(from_buildkite=True)) == (
-        "quinn@example.com",
-        "quinn@example.com",
-        ["qa", "everyone"],
-        "buildkite",
-    )
-    assert rollback_cmds.identity_from_args(cfg, cli_args()) == ("quinn", "", [], "cli")
-    data = sample_config()
-    data["approvals"]["allow_as_flag"] = False
-    with pytest.raises(CommandError, match="--from-buildkite"):
-        rollback_cmds.identity_from_args(parse_config(data), cli_args())
-    monkeypatch.delenv("BUILDKITE_UNBLOCKER")
-    monkeypatch.delenv("BUILDKITE_UNBLOCKER_EMAIL")
-    with pytest.raises(CommandError, match="BUILDKITE_UNBLOCKER is not set"):
-        rollback_cmds.identity_from_args(cfg, cli_args(from_buildkite=True))
+    inp = rollback_request(cfg, "rita")
+    other = dataclasses.replace(inp, artifacts=[Artifact(service="api", repository="api", digest=D2)])
+    assert rollback_target(inp).startswith(inp.target_release_id + " ")
+    assert rollback_target(inp) != rollback_target(other)
+    assert rollback_target(inp) == rollback_target(dataclasses.replace(inp, artifacts=list(reversed(inp.artifacts))))

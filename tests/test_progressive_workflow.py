@@ -11,14 +11,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from fakes import PREVIOUS_DIGEST, Fakes
+from fakes import PREVIOUS_DIGEST, Fakes, worker_plan
 from sample import sample_config
+from signing import signed, signed_rollback
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from common.config import parse_config
-from common.plan import build_plan
 from starters import release_cmds
 from starters.cli import build_parser
 from starters.common import FAILED, OK, CommandError
@@ -70,11 +70,23 @@ async def start(
 ) -> WorkflowHandle:
     cfg = sample_config()
     cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
-    plan = build_plan(parse_config(cfg))
-    production = plan.environments[-1]
-    production.rollouts, production.rollout_namespace = {"api": "api"}, "shop-production"
-    production.promotion, production.soak_seconds, production.auto_rollback = promotion, 300.0, auto_rollback
-    plan.feedback_queue, plan.ui_url = onprem, "http://temporal-ui.test"
+    # The workers' ferry.yaml, which the release loads (ferry.plan): only api is a Rollout, soaked 300 s.
+    cfg["services"]["web"].pop("rollouts", None)
+    cfg["environments"]["production"]["rollout"] = {
+        "namespace": "shop-production",
+        "promotion": promotion,
+        "soak_minutes": 5,
+    }
+    cfg["environments"]["production"]["auto_rollback"] = auto_rollback
+    cfg["temporal"]["ui_url"] = "http://temporal-ui.test"
+    cfg["feedback"] = {
+        "tracker": "github",
+        "url": "http://tracker.test",
+        "project": "acme/shop",
+        "token": {"env": "FERRY_TEST_TRACKER"},
+        "site": "onprem",
+    }
+    plan = worker_plan(cfg)
     inp = ReleaseInput(release_id=f"rel-{uuid.uuid4().hex[:6]}", commit=COMMIT, branch="main", plan=plan)
     return await env.client.start_workflow(
         ReleaseWorkflow.run, inp, id=f"release/test/{inp.release_id}", task_queue=onprem
@@ -92,9 +104,13 @@ async def until(handle: WorkflowHandle, check, what: str) -> ReleaseStatus:
 
 async def approve_gates(handle: WorkflowHandle) -> None:
     await until(handle, lambda s: s.stage == "gate:staging", "gate:staging")
-    await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="quinn"))
+    await handle.execute_update(
+        ReleaseWorkflow.approve, signed(Decision(stage="staging", user="quinn"), handle.id, "approve")
+    )
     await until(handle, lambda s: s.stage == "gate:production", "gate:production")
-    await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="production", user="rita"))
+    await handle.execute_update(
+        ReleaseWorkflow.approve, signed(Decision(stage="production", user="rita"), handle.id, "approve")
+    )
 
 
 async def test_canary_steps_are_promoted_after_the_soak_and_production_is_healthy(env: WorkflowEnvironment) -> None:
@@ -161,7 +177,7 @@ async def test_approval_promotion_waits_for_ferry_promote_by_a_member_of_the_gat
                 await release_cmds.promote(cfg, promote("mallory"))
             assert refused.value.code == FAILED and "mallory may not promote production" in str(refused.value)
             assert await release_cmds.promote(cfg, promote("rita")) == OK
-            assert "production: promotion of production accepted (by rita)" in capsys.readouterr().out
+            assert "production: promotion of production accepted (by rita; signed by rita" in capsys.readouterr().out
         result = await handle.result()
     assert result.outcome == "succeeded"
     promoted = [a for a in result.audit if a.action == "promoted"]
@@ -235,7 +251,7 @@ async def test_manual_rollback_of_production_restores_the_rollout_the_same_way(e
     async with running(env, fakes) as (onprem, cloud):
         cfg = sample_config()
         cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
-        plan = build_plan(parse_config(cfg))
+        plan = worker_plan(cfg)
         production = plan.environments[-1]
         target = "sha256:" + "7" * 64
         inp = RollbackInput(
@@ -247,8 +263,9 @@ async def test_manual_rollback_of_production_restores_the_rollout_the_same_way(e
             requested_by="rita",
             plan=plan,
         )
+        wf_id = f"rollback/test/{uuid.uuid4().hex[:8]}"
         result = await env.client.execute_workflow(
-            RollbackWorkflow.run, inp, id=f"rollback/test/{uuid.uuid4().hex[:8]}", task_queue=onprem
+            RollbackWorkflow.run, signed_rollback(inp, wf_id), id=wf_id, task_queue=onprem
         )
 
     assert result.outcome == "succeeded"

@@ -22,6 +22,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sample import sample_config
+from signing import signed
 from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
@@ -36,7 +38,9 @@ from test_terraform import (  # noqa: F401 - fixtures used by name
     sandbox,
 )
 
+from activities.approvals import ApprovalActivities
 from activities.terraform import TerraformActivities
+from common.config import FerryConfig, parse_config
 from workflows.provision import (
     DriftWorkflow,
     ProvisionWorkflow,
@@ -90,6 +94,24 @@ def terraform_activities(tf: TerraformActivities) -> list:
     return [tf.inspect, tf.init, tf.plan, tf.apply, tf.output, tf.drift]
 
 
+def worker_config() -> FerryConfig:
+    """The workers' ferry.yaml: the `infra` gate, decided by the sre group (sam), guards destructive plans."""
+    cfg = sample_config()
+    cfg["groups"]["sre"] = ["sam"]
+    cfg["gates"]["infra"] = {"groups": ["sre"]}
+    cfg["provisioning"] = {"gate": "infra"}
+    return parse_config(cfg)
+
+
+WORKER_CONFIG = worker_config()
+
+
+def approval_activities() -> list:
+    """The workers' own gate policy and identity checks (not fakes), over WORKER_CONFIG."""
+    approvals = ApprovalActivities(lambda: WORKER_CONFIG)
+    return [approvals.plan, approvals.policy, approvals.verify]
+
+
 def make_worker(
     env: WorkflowEnvironment, tf: TerraformActivities, rancher: FakeRancher, queue: str, *, sticky: bool = True
 ) -> Worker:
@@ -97,7 +119,7 @@ def make_worker(
         env.client,
         task_queue=queue,
         workflows=[ProvisionWorkflow, DriftWorkflow],
-        activities=terraform_activities(tf) + rancher.activities(),
+        activities=terraform_activities(tf) + rancher.activities() + approval_activities(),
         # The time-skipping server never moves a sticky workflow task off a stopped worker; a real server
         # does after the sticky timeout. Tests that stop a worker turn stickiness off instead of waiting.
         max_cached_workflows=100 if sticky else 0,
@@ -193,10 +215,13 @@ async def test_replace_waits_for_approval_and_applies_exactly_the_approved_plan(
         # What the approver reviews: the saved plan as JSON (Terraform 1.0 cannot show it once applied).
         planned = json.loads(applied.terraform("show", "-json", str(applied.plan_file(waiting.plan.plan_id))))
         with pytest.raises(WorkflowUpdateFailedError) as refused:
-            await handle.execute_update(ProvisionWorkflow.approve, Decision(stage="apply", user="mallory"))
+            await handle.execute_update(
+                ProvisionWorkflow.approve, signed(Decision(stage="apply", user="mallory"), handle.id, "approve")
+            )
         assert "mallory may not decide gate 'apply'" in str(refused.value.cause)
         gate = await handle.execute_update(
-            ProvisionWorkflow.approve, Decision(stage="apply", user="sam", comment="new template")
+            ProvisionWorkflow.approve,
+            signed(Decision(stage="apply", user="sam", comment="new template"), handle.id, "approve"),
         )
         assert gate.state == "approved"
         result: ProvisionStatus = await handle.result()
@@ -204,7 +229,11 @@ async def test_replace_waits_for_approval_and_applies_exactly_the_approved_plan(
 
     assert result.outcome == "applied" and result.plans == 1
     assert result.plan == waiting.plan  # the approved plan is the one applied
-    assert [(a.user, a.action, a.comment) for a in result.audit] == [("sam", "approve", "new template")]
+    # mallory's refused attempt is audited (the workers verified her, she is not in sre), then sam's approval.
+    assert [(a.user, a.action, a.comment) for a in result.audit] == [
+        ("mallory", "refused", ""),
+        ("sam", "approve", "new template"),
+    ]
     assert applied.runs("apply") == 1
     assert applied_marker(applied, result.plan.plan_id)["checksum"] == waiting.plan.plan_checksum
     after = resources(applied)
@@ -226,7 +255,10 @@ async def test_auto_approve_does_not_cover_a_destroy_and_a_rejection_applies_not
         handle = await start(env, inp, queue)
         waiting = await wait_stage(handle, "gate:apply")
         assert waiting.plan.destroys == ['null_resource.registry["platform"]']
-        await handle.execute_update(ProvisionWorkflow.reject, Decision(stage="apply", user="sam", comment="keep it"))
+        await handle.execute_update(
+            ProvisionWorkflow.reject,
+            signed(Decision(stage="apply", user="sam", comment="keep it"), handle.id, "reject"),
+        )
         result: ProvisionStatus = await handle.result()
     assert result.outcome == "rejected" and result.decided_by == "sam"
     assert applied.runs("apply") == 0
@@ -253,7 +285,9 @@ async def test_state_changed_while_waiting_for_approval_is_replanned_and_approve
         first = await wait_stage(handle, "gate:apply")
         # Someone applies by hand while the plan waits: the approved plan must not be applied over it.
         applied.terraform("apply", "-input=false", "-auto-approve", "-var", "datacenter=dc1", "-var", "vlan_id=300")
-        await handle.execute_update(ProvisionWorkflow.approve, Decision(stage="apply", user="sam"))
+        await handle.execute_update(
+            ProvisionWorkflow.approve, signed(Decision(stage="apply", user="sam"), handle.id, "approve")
+        )
         for _ in range(600):
             second: ProvisionStatus = await handle.query(ProvisionWorkflow.status)
             if second.plans == 2 and second.stage == "gate:apply":
@@ -262,7 +296,10 @@ async def test_state_changed_while_waiting_for_approval_is_replanned_and_approve
         assert second.plan.plan_id != first.plan.plan_id and second.gate_state == "waiting"
         # The new plan puts the VLAN back: the network and everything on it is replaced.
         assert "null_resource.network" in second.plan.replaces
-        await handle.execute_update(ProvisionWorkflow.approve, Decision(stage="apply", user="sam", comment="again"))
+        await handle.execute_update(
+            ProvisionWorkflow.approve,
+            signed(Decision(stage="apply", user="sam", comment="again"), handle.id, "approve"),
+        )
         result: ProvisionStatus = await handle.result()
     assert result.outcome == "applied" and result.plans == 2
     assert [a.action for a in result.audit] == ["approve", "approve"]

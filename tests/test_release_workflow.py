@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from fakes import Fakes
+from fakes import Fakes, worker_plan
 from sample import sample_config
+from signing import signed
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from common.config import parse_config
-from common.plan import build_plan
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow
 from workflows.types import Decision, ReleaseInput, ReleaseStatus
@@ -48,7 +47,7 @@ async def running(env: WorkflowEnvironment, fakes: Fakes) -> AsyncIterator[tuple
 def release_input(onprem: str, cloud: str) -> ReleaseInput:
     cfg = sample_config()
     cfg["temporal"]["task_queues"] = {"onprem": onprem, "cloud": cloud}
-    plan = build_plan(parse_config(cfg))
+    plan = worker_plan(cfg)
     return ReleaseInput(release_id=f"rel-{uuid.uuid4().hex[:6]}", commit=COMMIT, branch="main", plan=plan)
 
 
@@ -73,9 +72,14 @@ async def test_happy_path_moves_every_environment_in_order(env: WorkflowEnvironm
     async with running(env, fakes) as (onprem, cloud):
         handle = await start(env, onprem, cloud)
         await wait_stage(handle, "gate:staging")
-        await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="quinn", comment="QA ok"))
+        await handle.execute_update(
+            ReleaseWorkflow.approve,
+            signed(Decision(stage="staging", user="quinn", comment="QA ok"), handle.id, "approve"),
+        )
         await wait_stage(handle, "gate:production")
-        await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="production", user="rita"))
+        await handle.execute_update(
+            ReleaseWorkflow.approve, signed(Decision(stage="production", user="rita"), handle.id, "approve")
+        )
         result = await handle.result()
 
     assert result.outcome == "succeeded"
@@ -108,14 +112,20 @@ async def test_unauthorised_approver_is_refused_and_release_keeps_waiting(env: W
         handle = await start(env, onprem, cloud)
         await wait_stage(handle, "gate:staging")
         with pytest.raises(WorkflowUpdateFailedError) as err:
-            await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="mallory"))
+            await handle.execute_update(
+                ReleaseWorkflow.approve, signed(Decision(stage="staging", user="mallory"), handle.id, "approve")
+            )
         assert "mallory may not decide gate 'staging'" in str(err.value.cause)
         # The release manager is not QA either: groups are per gate.
         with pytest.raises(WorkflowUpdateFailedError):
-            await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="rita"))
+            await handle.execute_update(
+                ReleaseWorkflow.approve, signed(Decision(stage="staging", user="rita"), handle.id, "approve")
+            )
         # Approving a gate that is not waiting yet is refused too.
         with pytest.raises(WorkflowUpdateFailedError) as early:
-            await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="production", user="rita"))
+            await handle.execute_update(
+                ReleaseWorkflow.approve, signed(Decision(stage="production", user="rita"), handle.id, "approve")
+            )
         assert "not waiting yet" in str(early.value.cause)
         status = await handle.query(ReleaseWorkflow.status)
         assert status.stage == "gate:staging" and status.gates[0].state == "waiting"
@@ -128,7 +138,8 @@ async def test_reject_ends_release_as_rejected_with_who_and_why(env: WorkflowEnv
         handle = await start(env, onprem, cloud)
         await wait_stage(handle, "gate:staging")
         await handle.execute_update(
-            ReleaseWorkflow.reject, Decision(stage="staging", user="quinn", comment="login broken on testbed")
+            ReleaseWorkflow.reject,
+            signed(Decision(stage="staging", user="quinn", comment="login broken on testbed"), handle.id, "reject"),
         )
         result = await handle.result()
     assert result.outcome == "rejected"
@@ -142,8 +153,13 @@ async def test_signal_decisions_are_validated_and_refusals_audited(env: Workflow
     async with running(env, fakes) as (onprem, cloud):
         handle = await start(env, onprem, cloud)
         await wait_stage(handle, "gate:staging")
-        await handle.signal(ReleaseWorkflow.decide, Decision(stage="staging", user="mallory"))
-        await handle.signal(ReleaseWorkflow.decide, Decision(stage="staging", user="quinn", comment="via UI"))
+        await handle.signal(
+            ReleaseWorkflow.decide, signed(Decision(stage="staging", user="mallory"), handle.id, "approve")
+        )
+        await handle.signal(
+            ReleaseWorkflow.decide,
+            signed(Decision(stage="staging", user="quinn", comment="via UI"), handle.id, "approve"),
+        )
         await wait_stage(handle, "gate:production")
         status = await handle.query(ReleaseWorkflow.status)
         await handle.terminate("test over")

@@ -25,6 +25,10 @@ def test_histories_are_recorded() -> None:
         "release-canary",
         "release-canary-rolled-back",
         "ci-signed",
+        # Verified decisions: plan and policy from the workers, signed identities, audited refusals.
+        "release-verified-decisions",
+        "release-verified-promotion",
+        "rollback-verified",
     } <= names
 
 

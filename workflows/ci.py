@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.errors import failure_message
     from workflows.options import activity_options
     from workflows.types import (
         AnalyzeChangesInput,
@@ -34,19 +35,11 @@ with workflow.unsafe.imports_passed_through():
         TektonRunResult,
     )
 
+__all__ = ["CIWorkflow", "failure_message"]  # failure_message: imported from here by older modules
+
 CI_FAILED = "CIFailed"
 # CI runs that started with image signing sign each pushed image; older histories replay without it.
 PATCH_SIGNING = "ci-signing-v1"
-
-
-def failure_message(err: BaseException) -> str:
-    """The operator-facing message of an activity/child failure: the innermost ApplicationError's."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        cause = cause.__cause__
-    return str(err)
 
 
 @workflow.defn(name="CI")

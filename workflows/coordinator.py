@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.converter import value_to_type
 
+    from workflows.gates import PATCH_VERIFIED
     from workflows.release import ReleaseWorkflow, release_workflow_id
     from workflows.types import (
         CommitSignal,
@@ -160,7 +161,9 @@ class BranchCoordinator:
                 self._finish(entry, by=order.by_commit, count="ended")
 
     async def _start(self, sig: CommitSignal, seq: int) -> None:
-        if sig.plan is not None:
+        if workflow.patched(PATCH_VERIFIED):
+            pass  # a commit Signal cannot change the plan: each Release loads the workers' own (ferry.plan)
+        elif sig.plan is not None:
             self._inp.plan = value_to_type(ReleasePlan, sig.plan)  # the newest ferry.yaml; continue-as-new keeps it
         plan = self._inp.plan
         release_id = self._release_id(sig.commit)

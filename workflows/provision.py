@@ -31,8 +31,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import approval_types  # noqa: F401 - decoded here (GatePolicy, Identity): the sandbox must see it
     from workflows.ci import failure_message
-    from workflows.gates import GateHandlers, Gates
+    from workflows.gates import PATCH_VERIFIED, GateHandlers, Gates
+    from workflows.identity import load_policy
     from workflows.provision_types import (
         ApplyResult,
         DriftResult,
@@ -106,6 +108,7 @@ class ProvisionWorkflow(GateHandlers):
         if inp.gate:
             self._gates.bind(APPLY, inp.gate)
         self._status = ProvisionStatus(workspace=inp.workspace.name)
+        self._verified = False  # set at the start of run(): gate policy and identities from the workers
 
     # --- queries, updates, signals (same names and types as the Release workflow's) ---
 
@@ -122,6 +125,7 @@ class ProvisionWorkflow(GateHandlers):
     @workflow.run
     async def run(self, inp: ProvisionInput) -> ProvisionStatus:
         """Provision the workspace; fails with ProvisionFailed naming the stage and the cause."""
+        self._verified = workflow.patched(PATCH_VERIFIED)
         try:
             await self._provision(inp)
         except (ActivityError, ApplicationError) as e:
@@ -130,6 +134,7 @@ class ProvisionWorkflow(GateHandlers):
             self._status.error = f"{stage}: {failure_message(e)}"
             workflow.set_current_details(f"FAILED at {stage}: {failure_message(e)}")
             raise ApplicationError(self._status.error, type=PROVISION_FAILED, non_retryable=True) from e
+        await workflow.wait_condition(workflow.all_handlers_finished)  # a decision in verification answers first
         return self.status()
 
     async def _provision(self, inp: ProvisionInput) -> None:
@@ -201,8 +206,14 @@ class ProvisionWorkflow(GateHandlers):
         return plan
 
     async def _approved(self, inp: ProvisionInput, plan: PlanSummary) -> bool:
-        """Wait for a person's decision on a plan that destroys or replaces; auto-approve never covers it."""
-        if inp.gate is None:
+        """Wait for a person's decision on a plan that destroys or replaces; auto-approve never covers it.
+
+        Verified runs take the gate and its policy from the workers' ferry.yaml (provisioning.gate), not
+        from the input: a starter cannot name a gate of its own choosing, or none.
+        """
+        policy = await load_policy("", "provisioning") if self._verified else None
+        gate_name = (policy.gate.name if policy and policy.gate else None) if policy else inp.gate
+        if gate_name is None:
             raise ApplicationError(
                 f"{inp.workspace.name}: plan {plan.plan_id} {_describe(plan)}, which needs an approval, but "
                 "provisioning.gate is not set in ferry.yaml: configure a gate, then provision again",
@@ -211,7 +222,9 @@ class ProvisionWorkflow(GateHandlers):
             )
         # A re-plan after a stale apply is a new plan: the earlier decision does not carry over.
         self._gates.status[APPLY] = GateStatus(stage=APPLY)
-        self._gates.bind(APPLY, inp.gate)
+        self._gates.bind(APPLY, gate_name)
+        if policy is not None:
+            self._gates.load(APPLY, policy)
         note = " (auto-approve does not cover destroys or replacements)" if inp.auto_approve else ""
         self._enter(f"gate:{APPLY}", f"waiting for approval of plan {plan.plan_id}: {_describe(plan)}{note}")
         self._gates.open(APPLY, workflow.now())

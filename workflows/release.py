@@ -16,18 +16,25 @@ import asyncio
 import contextlib
 import dataclasses
 from datetime import datetime, timedelta
+from typing import NoReturn
 from urllib.parse import quote
 
 from temporalio import workflow
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import search, telemetry
+    from workflows import (
+        approval_types,  # noqa: F401 - decoded here (GatePolicy, Identity): the sandbox must see it
+        search,
+        telemetry,
+    )
     from workflows.ci import CIWorkflow, failure_message
     from workflows.environments import argocd_apps, image_pins
     from workflows.freeze import active_freeze
-    from workflows.gates import GateHandlers, Gates
+    from workflows.gates import DECISION_REFUSED, PATCH_VERIFIED, PLAINTEXT_REFUSED, GateHandlers, Gates, read_decision
+    from workflows.identity import check_size, identify, load_plan, load_policy
     from workflows.options import activity_options
     from workflows.progressive import (
         ROLLOUT_FAILED,
@@ -45,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         AuditEntry,
         CIInput,
         CIResult,
+        Decision,
         E2EInput,
         E2EResult,
         EnvironmentRecord,
@@ -105,14 +113,6 @@ class ReleaseWorkflow(GateHandlers):
 
     @workflow.init
     def __init__(self, inp: ReleaseInput) -> None:
-        self._inp = inp
-        gated = [e.name for e in inp.plan.environments if e.gate]
-        self._gates = Gates(
-            inp.plan.gates,
-            gated,
-            author=(inp.author, inp.author),
-            freeze_overriders=inp.plan.freeze_override_members,
-        )
         self._policy = False  # set at the start of run(): whether this run has the gate policy
         self._progressive = False  # likewise: progressive delivery, automatic rollback, report memo
         self._records: dict[str, EnvironmentRecord] = {}
@@ -122,16 +122,27 @@ class ReleaseWorkflow(GateHandlers):
         self._current_env = ""  # the environment the release is at, for the outcome metric
         self._notices = 0
         self._superseded: Supersede | None = None
+        self._verified = False  # set at the start of run(): plan, policies and identities from the workers
+        self._status = ReleaseStatus(release_id=inp.release_id, commit=inp.commit, branch=inp.branch, stage="starting")
+        self._adopt(inp)
+
+    def _adopt(self, inp: ReleaseInput) -> None:
+        """Take `inp` (and its plan) as this release's: its gates and environments."""
+        self._inp = inp
+        gated = [e.name for e in inp.plan.environments if e.gate]
+        self._gates = Gates(
+            inp.plan.gates,
+            gated,
+            author=(inp.author, inp.author),
+            freeze_overriders=inp.plan.freeze_override_members,
+        )
         for env in inp.plan.environments:
             if env.gate:
                 self._gates.bind(env.name, env.gate)
-        self._status = ReleaseStatus(
-            release_id=inp.release_id,
-            commit=inp.commit,
-            branch=inp.branch,
-            stage="starting",
-            environments=[EnvironmentStatus(name=e.name) for e in inp.plan.environments],
-        )
+        self._status.environments = [EnvironmentStatus(name=e.name) for e in inp.plan.environments]
+
+    def _decision_commit(self) -> str:
+        return self._inp.commit
 
     # --- queries, updates, signals ---
 
@@ -147,8 +158,73 @@ class ReleaseWorkflow(GateHandlers):
             self._superseded = order
 
     @workflow.update
-    def promote(self, request: RolloutPromoteRequest) -> str:
-        """Promote the paused Rollout step of an environment whose promotion policy is `approval`."""
+    async def promote(self, raw: RawValue) -> str:
+        """Promote the paused Rollout step of an environment whose promotion policy is `approval`.
+
+        Verified runs: who promotes is what a worker verified, allowed by the policy the workers load now
+        (the environment's gate groups and release managers); every refusal is audited.
+        """
+        request, plaintext = read_decision(raw, RolloutPromoteRequest)
+        if not self._verified:
+            return self._accept_promotion(request, "")
+        if plaintext:
+            self._refuse_promotion(request, PLAINTEXT_REFUSED, "")
+        env = next((e for e in self._inp.plan.environments if e.name == request.environment), None)
+        if env is None or self._promotion_waiting != env.name:
+            reason = (
+                f"no environment '{request.environment}' in this release"
+                if env is None
+                else f"no Rollout of {env.name} waits for a promotion now (stage: {self._status.stage})"
+            )
+            self._refuse_promotion(request, reason, "")
+        assert env is not None
+        policy = self._gates.policy(env.name) or await load_policy(env.gate or "", env.name)
+        identity = await identify(
+            action="promote",
+            stage=env.name,
+            user=request.user,
+            comment=request.comment,
+            proof=request.proof,
+            commit=self._inp.commit,
+            policy=policy,
+            seen=self._gates.nonces,
+            full=request.full,
+        )
+        reason = identity.reason if not identity.verified else ""
+        if not reason:
+            members = set(policy.freeze_override_members)
+            if policy.gate is not None:
+                members.update(m for group in policy.gate.groups for m in policy.gate.members.get(group, []))
+            if not set(identity.aliases or [identity.user, identity.email]) & members:
+                reason = (
+                    f"{identity.user} may not promote {env.name}: not a member of its gate's groups or a "
+                    "release manager"
+                )
+            elif self._promotion_waiting != env.name:
+                reason = f"no Rollout of {env.name} waits for a promotion now (stage: {self._status.stage})"
+        if reason:
+            self._refuse_promotion(request, reason, identity.method)
+        if identity.nonce:
+            self._gates.nonces.add(identity.nonce)
+        trusted = dataclasses.replace(request, user=identity.user, email=identity.email, proof=None)
+        return self._accept_promotion(trusted, identity.method, policy.version)
+
+    def _refuse_promotion(self, request: RolloutPromoteRequest, reason: str, method: str) -> NoReturn:
+        """Audit the refused promotion and fail the Update with the reason."""
+        self._gates.refuse(
+            Decision(
+                stage=f"rollout:{request.environment}",
+                user=request.user,
+                comment=request.comment,
+                channel=request.channel,
+            ),
+            reason,
+            workflow.now(),
+            method,
+        )
+        raise ApplicationError(reason, type=DECISION_REFUSED, non_retryable=True)
+
+    def _accept_promotion(self, request: RolloutPromoteRequest, method: str, version: str = "") -> str:
         self._promotions.setdefault(request.environment, []).append(request)
         self._gates.audit.append(
             AuditEntry(
@@ -158,12 +234,23 @@ class ReleaseWorkflow(GateHandlers):
                 channel=request.channel,
                 at=workflow.now().isoformat(),
                 comment=request.comment,
+                method=method,
+                policy_version=version,
             )
         )
         return f"promotion of {request.environment} accepted"
 
     @promote.validator
-    def _validate_promote(self, request: RolloutPromoteRequest) -> None:
+    def _validate_promote(self, raw: RawValue) -> None:
+        try:
+            request = read_decision(raw, RolloutPromoteRequest)[0]
+        except ApplicationError as e:
+            raise ValueError(e.message) from None
+        if self._verified:
+            # Everything else is checked, and a refusal audited, in the handler.
+            if reason := check_size(request.user, request.comment, request.environment, request.proof):
+                raise ValueError(reason)
+            return
         env = next((e for e in self._inp.plan.environments if e.name == request.environment), None)
         if env is None:
             raise ValueError(f"no environment '{request.environment}' in this release")
@@ -198,11 +285,19 @@ class ReleaseWorkflow(GateHandlers):
             raise
         self._ended()
         await self._tell_coordinator("ended")
+        # A decision still being verified (another one decided the gate meanwhile) gets its answer first.
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return status
 
     async def _run(self, inp: ReleaseInput) -> ReleaseStatus:
         self._policy = workflow.patched(PATCH_GATE_POLICY)
         self._progressive = workflow.patched(PATCH_PROGRESSIVE)
+        if workflow.patched(PATCH_VERIFIED):
+            # The plan (environments, gates, supply-chain policy, queues) is the workers', never the starter's.
+            # Replaced in place: the caller's plan must not stay referenced (1,000 parked releases hold 1,000).
+            inp.plan = await load_plan()
+            self._adopt(inp)
+            self._verified = True
         workflow.upsert_search_attributes(
             [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
         )
@@ -306,6 +401,9 @@ class ReleaseWorkflow(GateHandlers):
         """Wait for the gate's decision (or, with the gate policy, its deadline); returns the gate's state."""
         stage = f"gate:{env.name}"
         self._enter(stage, f"waiting for approval of {env.name} (gate {env.gate})")
+        if self._verified:
+            # The policy as the workers' ferry.yaml says when the gate opens: an edit reaches the next gate.
+            self._gates.load(env.name, await load_policy(env.gate or "", env.name))
         self._gates.open(env.name, workflow.now())
         gate = self._gates.status[env.name]
         if not self._policy:
@@ -355,7 +453,9 @@ class ReleaseWorkflow(GateHandlers):
         """An approved move waits while a freeze window covers the environment, unless overridden."""
         gate = self._gates.status[env.name]
         while not gate.freeze_overridden_by:
-            freeze = active_freeze(self._inp.plan.freeze_windows, env.name, workflow.now())
+            loaded = self._gates.policy(env.name)
+            windows = loaded.freeze_windows if loaded is not None else self._inp.plan.freeze_windows
+            freeze = active_freeze(windows, env.name, workflow.now())
             if freeze is None:
                 break
             gate.frozen_until, gate.freeze_reason = freeze.until.isoformat(), freeze.reason

@@ -16,14 +16,18 @@ Deterministic: no I/O, time from `workflow.now()`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows import search, telemetry
+    from workflows.approval_types import GatePolicy
     from workflows.ci import failure_message
     from workflows.environments import argocd_apps, image_pins
+    from workflows.gates import PATCH_VERIFIED
+    from workflows.identity import check_size, identify, load_plan, load_policy
     from workflows.options import activity_options
     from workflows.progressive import restore, rollout_refs, service_images
     from workflows.types import (
@@ -46,18 +50,33 @@ def rollback_workflow_id(repo: str, environment: str, commit: str) -> str:
     return f"rollback/{repo}/{environment}/{commit[:12]}"
 
 
-def may_roll_back(inp: RollbackInput, env: EnvironmentSpec) -> bool:
+def rollback_target(inp: RollbackInput) -> str:
+    """What a signed rollback request names: the target release and a digest of the exact images, so a
+    signature cannot be reused to put other images in place."""
+    images = "\n".join(sorted(f"{a.service}={a.repository}@{a.digest}" for a in inp.artifacts))
+    return f"{inp.target_release_id} {hashlib.sha256(images.encode()).hexdigest()[:32]}"
+
+
+def may_roll_back(
+    inp: RollbackInput, env: EnvironmentSpec, policy: GatePolicy | None = None, aliases: list[str] | None = None
+) -> bool:
     """Who may put `env` back: whoever may decide its gate, and release managers everywhere.
 
     Release managers are the members of `approvals.freeze_override_groups` (the plan's
     `freeze_override_members`): the people already trusted to move an environment against the calendar.
     An ungated environment (testbed) has no group of its own, so any member of any gate group may.
+    `policy` (verified runs) is the workers' policy of the environment's gate and `aliases` every name the
+    requester was verified as.
     """
     plan = inp.plan
-    ids = {inp.requested_by, inp.email} - {""}
-    if ids & set(plan.freeze_override_members):
+    ids = set(aliases or [inp.requested_by, inp.email]) - {""}
+    overriders = policy.freeze_override_members if policy is not None else plan.freeze_override_members
+    if ids & set(overriders):
         return True
-    relevant = [g for g in plan.gates if g.name == env.gate] if env.gate else plan.gates
+    if policy is not None and env.gate:
+        relevant = [policy.gate] if policy.gate is not None else []
+    else:
+        relevant = [g for g in plan.gates if g.name == env.gate] if env.gate else plan.gates
     for gate in relevant:
         if any(ids & set(gate.members.get(group, [])) for group in gate.groups):
             return True
@@ -66,7 +85,7 @@ def may_roll_back(inp: RollbackInput, env: EnvironmentSpec) -> bool:
     return False
 
 
-def refusal(inp: RollbackInput) -> str | None:
+def refusal(inp: RollbackInput, policy: GatePolicy | None = None, aliases: list[str] | None = None) -> str | None:
     """Why this rollback must not run, or None. Pure, so the CLI and tests can ask it too."""
     env = next((e for e in inp.plan.environments if e.name == inp.environment), None)
     if env is None:
@@ -78,7 +97,7 @@ def refusal(inp: RollbackInput) -> str | None:
         return "a rollback needs --comment saying why; it is kept in the audit and the GitOps commit"
     if env.gate and env.gate not in {g.name for g in inp.plan.gates}:
         return f"environment '{env.name}' waits on gate '{env.gate}', which ferry.yaml does not define"
-    if not may_roll_back(inp, env):
+    if not may_roll_back(inp, env, policy, aliases):
         who = f"the {env.gate} gate's groups" if env.gate else "a gate group"
         return f"{inp.requested_by} may not roll back {env.name}: not a member of {who} or a release manager"
     if not inp.artifacts:
@@ -97,6 +116,8 @@ class RollbackWorkflow:
     @workflow.init
     def __init__(self, inp: RollbackInput) -> None:
         self._inp = inp
+        self._method = ""
+        self._policy_version = ""
         self._status = RollbackStatus(
             environment=inp.environment,
             target_release_id=inp.target_release_id,
@@ -113,12 +134,13 @@ class RollbackWorkflow:
     async def run(self, inp: RollbackInput) -> RollbackStatus:
         """Roll back, or end `refused` with the reason audited; fails with RollbackFailed if a step fails."""
         workflow.upsert_search_attributes([search.COMMIT_SHA.value_set(inp.target_commit)])
-        if reason := refusal(inp):
-            self._audit("refused", reason=reason)
-            self._status.outcome = "refused"
-            self._status.error = reason
-            self._enter("refused", f"rollback of {inp.environment} refused: {reason}")
-            return self.status()
+        policy, aliases = None, None
+        if workflow.patched(PATCH_VERIFIED):
+            inp, policy, aliases, reason = await self._verify(inp)
+            if reason:
+                return self._refuse(inp, reason)
+        if reason := refusal(inp, policy, aliases):
+            return self._refuse(inp, reason)
         env = next(e for e in inp.plan.environments if e.name == inp.environment)
         try:
             await self._roll_back(inp, env)
@@ -133,6 +155,45 @@ class RollbackWorkflow:
         self._status.outcome = "succeeded"
         telemetry.rolled_back(env.name)
         self._enter("done", f"{env.name} rolled back to {inp.target_release_id} ({inp.target_commit[:12]})")
+        return self.status()
+
+    async def _verify(self, inp: RollbackInput) -> tuple[RollbackInput, GatePolicy | None, list[str] | None, str]:
+        """The workers' plan and policy, and who really asks: (trusted input, policy, aliases, refusal or '')."""
+        inp = dataclasses.replace(inp, plan=await load_plan())
+        self._inp = inp
+        if reason := check_size(inp.requested_by, inp.comment, inp.environment, inp.proof):
+            return inp, None, None, reason
+        env = next((e for e in inp.plan.environments if e.name == inp.environment), None)
+        if env is None:
+            return inp, None, None, ""  # refusal() names the environments
+        policy = await load_policy(env.gate or "", env.name)
+        self._policy_version = policy.version
+        identity = await identify(
+            action="rollback",
+            stage=env.name,
+            user=inp.requested_by,
+            comment=inp.comment,
+            proof=inp.proof,
+            commit="",
+            policy=policy,
+            seen=set(),
+            target=rollback_target(inp),
+        )
+        self._method = identity.method
+        if not identity.verified:
+            return inp, policy, None, identity.reason
+        inp = dataclasses.replace(
+            inp, requested_by=identity.user, email=identity.email, teams=list(identity.teams), proof=None
+        )
+        self._inp = inp
+        self._status.requested_by = identity.user
+        return inp, policy, identity.aliases, ""
+
+    def _refuse(self, inp: RollbackInput, reason: str) -> RollbackStatus:
+        self._audit("refused", reason=reason)
+        self._status.outcome = "refused"
+        self._status.error = reason
+        self._enter("refused", f"rollback of {inp.environment} refused: {reason}")
         return self.status()
 
     async def _roll_back(self, inp: RollbackInput, env: EnvironmentSpec) -> None:
@@ -209,8 +270,10 @@ class RollbackWorkflow:
                 at=workflow.now().isoformat(),
                 from_commit=self._status.from_commit,
                 to_commit=inp.target_commit,
-                comment=inp.comment,
+                comment=inp.comment[:2000],
                 reason=reason,
+                method=self._method,
+                policy_version=self._policy_version,
             )
         )
 

@@ -439,6 +439,23 @@ class E2EResult:
 
 
 @dataclass
+class Proof:
+    """How a decision proves who sent it.
+
+    `ssh`: `claim` (canonical JSON, see common.signatures.Claim) signed by the person's SSH key (`signature`).
+    `buildkite`: the block step `step_key` of build `build_number` of `pipeline`, which the worker reads back
+    from the Buildkite API to learn who unblocked it.
+    """
+
+    kind: str  # ssh | buildkite
+    claim: str = ""
+    signature: str = ""
+    pipeline: str = ""
+    build_number: int = 0
+    step_key: str = ""
+
+
+@dataclass
 class Decision:
     """An approve or reject of a gate, by update, signal or CLI.
 
@@ -454,6 +471,8 @@ class Decision:
     email: str = ""
     teams: list[str] = field(default_factory=list)
     override_freeze: bool = False
+    # How the sender proves who they are; checked by a worker, never believed as sent (approvals.verify).
+    proof: Proof | None = None
 
 
 @dataclass
@@ -467,6 +486,10 @@ class AuditEntry:
     at: str
     comment: str = ""
     reason: str = ""
+    # How the identity was established ("ssh ED25519 SHA256:...", "buildkite ...", "unverified ...") and the
+    # version of the worker-loaded policy that decided.
+    method: str = ""
+    policy_version: str = ""
 
 
 @dataclass
@@ -485,6 +508,9 @@ class GateStatus:
     frozen_until: str = ""
     freeze_reason: str = ""
     freeze_overridden_by: str = ""
+    policy_version: str = ""  # hash of the worker-loaded policy this gate was decided under
+    verified_by: list[str] = field(default_factory=list)  # "user: how the workers verified them", per decision
+    unverified: bool = False  # a decision counted without a verified identity (approvals.trust_unverified)
 
 
 @dataclass
@@ -722,6 +748,7 @@ class RollbackInput:
     email: str = ""
     teams: list[str] = field(default_factory=list)
     channel: str = "cli"
+    proof: Proof | None = None  # who asks, as a worker verifies it
 
 
 @dataclass
@@ -737,6 +764,8 @@ class RollbackAuditEntry:
     to_commit: str = ""
     comment: str = ""
     reason: str = ""
+    method: str = ""  # how the requester's identity was verified
+    policy_version: str = ""
 
 
 @dataclass
@@ -818,6 +847,7 @@ class RolloutPromoteRequest:
     comment: str = ""
     full: bool = False
     channel: str = "cli"
+    proof: Proof | None = None  # who promotes, as a worker verifies it
 
 
 # --- feedback ---

@@ -98,6 +98,7 @@ class StandIn:
             getattr(module, "PUBLIC_PREFIXES", ()),
         )
         self.app = FaultInjector(auth, name, world)
+        self.inner = app  # its own /_sandbox/ routes (e.g. Buildkite's users and block steps): no faults, no auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -108,7 +109,10 @@ class StandIn:
         await self.app(scope, receive, send)
 
     async def _inspect(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] != INSPECT_PREFIX + "state" or scope["method"] != "GET":
+        if scope["path"] != INSPECT_PREFIX + "state":
+            await self.inner(scope, receive, send)  # a stand-in without such routes answers 404 itself
+            return
+        if scope["method"] != "GET":
             response: Response = JSONResponse({"error": "only GET /_sandbox/state exists"}, status_code=404)
         else:
             state = {"standin": self.name, **self.world.snapshot()}
