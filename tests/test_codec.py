@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from fakes import Fakes
+from fakes import Fakes, worker_plan
 from google.protobuf import json_format
 from sample import sample_config
 from temporalio.api.common.v1 import Payload, Payloads
@@ -28,7 +28,6 @@ from temporalio.worker import Worker
 
 from common.codec import ENCODING, KEY_ID, EncryptionCodec, PayloadDecryptionError, data_converter
 from common.config import ConfigError, PayloadEncryption, TemporalSettings, parse_config
-from common.plan import build_plan
 from common.temporal import connect
 from starters import replay
 from starters.codec_server import build_app, serve
@@ -261,7 +260,7 @@ async def test_workflow_history_holds_only_ciphertext_and_replays_with_the_keys(
     cfg = sample_config()
     cfg["temporal"]["task_queues"] = {"onprem": queue, "cloud": queue}
     commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-    inp = CIInput(release_id=MARKER, commit=commit, branch="main", plan=build_plan(parse_config(cfg)))
+    inp = CIInput(release_id=MARKER, commit=commit, branch="main", plan=worker_plan(cfg))
     wf_id = f"ci-codec-{uuid.uuid4().hex[:8]}"
     fakes = Fakes(affected=["web"])
     async with Worker(client, task_queue=queue, workflows=[CIWorkflow], activities=fakes.onprem()):

@@ -34,6 +34,7 @@ from workflows.release import ReleaseWorkflow
 from workflows.rollback import RollbackWorkflow
 from workflows.types import (
     Artifact,
+    CIInput,
     Decision,
     GateStatus,
     ReleaseInput,
@@ -430,3 +431,19 @@ async def test_a_plaintext_decision_is_refused_where_payloads_are_encrypted(
         await handle.terminate("test over")
     assert "arrived unencrypted" in str(refused.value.cause)
     assert gate.state == "approved" and gate.approvals == ["quinn"]
+
+
+async def test_a_ci_started_on_its_own_builds_what_the_workers_plan_says(time_env: WorkflowEnvironment) -> None:
+    """CI started straight on Temporal with a plan naming another repository: the workers' repo is built."""
+    fakes = Fakes(affected=["web"])
+    async with running(time_env, fakes, lambda cfg: None) as cfg:
+        plan = worker_plan(cfg)
+        forged = dataclasses.replace(plan, app_repo_url="https://evil.example/x.git", tekton_namespace="kube-system")
+        inp = CIInput(release_id="rel-ci", commit=COMMIT, branch="main", plan=forged)
+        result = await time_env.client.execute_workflow(
+            CIWorkflow.run, inp, id=f"ci/test/{uuid.uuid4().hex[:8]}", task_queue=plan.onprem_queue
+        )
+    assert [a.service for a in result.artifacts] == ["web"]
+    [(_, analyzed)] = fakes.names("changes.analyze")
+    assert analyzed.repo_url == plan.app_repo_url != forged.app_repo_url
+    assert all(run.namespace == plan.tekton_namespace for _, run in fakes.names("tekton.run"))

@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.errors import failure_message
+    from workflows.identity import load_plan
     from workflows.options import activity_options
     from workflows.types import (
         AnalyzeChangesInput,
@@ -40,6 +41,8 @@ __all__ = ["CIWorkflow", "failure_message"]  # failure_message: imported from he
 CI_FAILED = "CIFailed"
 # CI runs that started with image signing sign each pushed image; older histories replay without it.
 PATCH_SIGNING = "ci-signing-v1"
+# A CI run started directly (no parent Release) runs on the workers' plan, not on its input's.
+PATCH_OWN_PLAN = "ci-own-plan-v1"
 
 
 @workflow.defn(name="CI")
@@ -58,6 +61,10 @@ class CIWorkflow:
     @workflow.run
     async def run(self, inp: CIInput) -> CIResult:
         """Run CI; raises ApplicationError(type=CIFailed) naming every failed service and check."""
+        if workflow.info().parent is None and workflow.patched(PATCH_OWN_PLAN):
+            # Started on its own, not by a Release (which loaded the workers' plan for it): the input's plan is
+            # whatever the starter sent (which repo to build, where), so CI takes the workers' instead.
+            inp.plan = await load_plan()
         plan = inp.plan
         self._sign = workflow.patched(PATCH_SIGNING) and plan.sign_images
         opts = activity_options(plan.activities, plan.onprem_queue)
