@@ -32,8 +32,19 @@ from workflows.approval_types import GatePolicy, Identity, PolicyRequest, Verify
 from workflows.types import ReleasePlan
 
 CONFIG_INVALID = "WorkerConfigInvalid"
+ROLLBACK_BLOCK_STEP = "rollback-{stage}"
 # A claim may be dated a little ahead of the worker's clock (clock skew between laptop and worker).
 CLOCK_SKEW = timedelta(seconds=120)
+
+
+def block_step(cfg: FerryConfig, action: str, stage: str) -> str:
+    """The Buildkite block step whose unblocker may take `action` on `stage`.
+
+    A rollback has its own step (`rollback-{stage}`, in a build of the commit rolled back to): an unblock that
+    approved a release must not also be usable to put an environment back.
+    """
+    template = ROLLBACK_BLOCK_STEP if action == "rollback" else cfg.approvals.buildkite_block_step
+    return template.replace("{stage}", stage)
 
 
 class ApprovalActivities:
@@ -171,7 +182,7 @@ class ApprovalActivities:
                 reason=f"pipeline '{proof.pipeline}' may not decide gates (approvals.buildkite_pipelines: "
                 f"{', '.join(allowed)})",
             )
-        want_step = cfg.approvals.buildkite_block_step.replace("{stage}", inp.stage)
+        want_step = block_step(cfg, inp.action, inp.stage)
         if proof.step_key != want_step:
             return Identity(
                 verified=False,

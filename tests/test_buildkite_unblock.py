@@ -275,12 +275,11 @@ async def test_the_workers_verify_a_buildkite_decision_against_the_api(
 
     async def ask(**change: Any) -> Any:
         where = {"pipeline": PIPELINE, "build_number": build["number"], "step_key": "approve-production"}
-        asked = {"stage": "production", "commit": COMMIT} | {
-            k: v for k, v in change.items() if k in ("stage", "commit")
-        }
+        asked = {"stage": "production", "commit": COMMIT, "action": "approve"}
+        asked |= {k: v for k, v in change.items() if k in asked}
         proof = Proof(kind="buildkite", **(where | {k: v for k, v in change.items() if k in where}))
         return await acts.verify(
-            VerifyInput(workflow_id="release/shop/x", action="approve", user="rita", comment="", proof=proof, **asked)
+            VerifyInput(workflow_id="release/shop/x", user="rita", comment="", proof=proof, **asked)
         )
 
     not_yet = await ask()
@@ -298,9 +297,12 @@ async def test_the_workers_verify_a_buildkite_decision_against_the_api(
         "another commit": (await ask(commit="f" * 40)).reason,
         "another pipeline": (await ask(pipeline="other")).reason,
         "another step": (await ask(step_key="approve-staging")).reason,
+        # The unblock that approved production cannot also roll production back: that is its own step.
+        "a rollback": (await ask(action="rollback")).reason,
     }
     assert "does not decide staging" in refusals["another gate"]
     assert "not of this release's" in refusals["another commit"]
     assert "may not decide gates" in refusals["another pipeline"]
     assert "does not decide production" in refusals["another step"]
+    assert "its block step is 'rollback-production'" in refusals["a rollback"]
     await acts.aclose()

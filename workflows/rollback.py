@@ -174,7 +174,7 @@ class RollbackWorkflow:
             user=inp.requested_by,
             comment=inp.comment,
             proof=inp.proof,
-            commit="",
+            commit=inp.target_commit,  # a Buildkite proof: the rollback-<env> step of a build of the target
             policy=policy,
             seen=set(),
             target=rollback_target(inp),
