@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.buildkite import BuildkiteClient
 from activities.buildkite_unblock import read_unblock
@@ -32,19 +33,8 @@ from workflows.approval_types import GatePolicy, Identity, PolicyRequest, Verify
 from workflows.types import ReleasePlan
 
 CONFIG_INVALID = "WorkerConfigInvalid"
-ROLLBACK_BLOCK_STEP = "rollback-{stage}"
 # A claim may be dated a little ahead of the worker's clock (clock skew between laptop and worker).
 CLOCK_SKEW = timedelta(seconds=120)
-
-
-def block_step(cfg: FerryConfig, action: str, stage: str) -> str:
-    """The Buildkite block step whose unblocker may take `action` on `stage`.
-
-    A rollback has its own step (`rollback-{stage}`, in a build of the commit rolled back to): an unblock that
-    approved a release must not also be usable to put an environment back.
-    """
-    template = ROLLBACK_BLOCK_STEP if action == "rollback" else cfg.approvals.buildkite_block_step
-    return template.replace("{stage}", stage)
 
 
 class ApprovalActivities:
@@ -69,16 +59,19 @@ class ApprovalActivities:
             try:
                 return load_config(path)
             except ConfigError as e:
-                # Retried: the gate waits for a fixed ferry.yaml rather than open under rules nobody wrote.
+                # Retried within the call's budget; then the workflow fails naming this (ready for `ferry retry`),
+                # rather than deciding under rules nobody wrote.
                 raise retryable(f"the worker's ferry.yaml is invalid, fix it: {e}", CONFIG_INVALID) from None
 
         return cls(load, transport)
 
-    def _client(self, cfg: FerryConfig) -> BuildkiteClient | None:
+    async def _client(self, cfg: FerryConfig) -> BuildkiteClient | None:
+        """The Buildkite client of the configuration read now (a new one, the old closed, if it changed)."""
         endpoint = cfg.sites["onprem"].buildkite if "onprem" in cfg.sites else None
-        if endpoint is None:
-            return None
-        if self._buildkite is None or self._buildkite.endpoint != endpoint:
+        if self._buildkite is not None and self._buildkite.endpoint != endpoint:
+            await self._buildkite.aclose()
+            self._buildkite = None
+        if endpoint is not None and self._buildkite is None:
             self._buildkite = BuildkiteClient(endpoint, self._transport)
         return self._buildkite
 
@@ -171,7 +164,7 @@ class ApprovalActivities:
         )
 
     async def _verify_buildkite(self, cfg: FerryConfig, inp: VerifyInput) -> Identity:
-        client = self._client(cfg)
+        client = await self._client(cfg)
         if client is None:
             return Identity(verified=False, reason="sites.onprem.buildkite is not configured on this worker")
         proof = inp.proof
@@ -182,7 +175,7 @@ class ApprovalActivities:
                 reason=f"pipeline '{proof.pipeline}' may not decide gates (approvals.buildkite_pipelines: "
                 f"{', '.join(allowed)})",
             )
-        want_step = block_step(cfg, inp.action, inp.stage)
+        want_step = cfg.approvals.block_step(inp.action, inp.stage)
         if proof.step_key != want_step:
             return Identity(
                 verified=False,
@@ -196,12 +189,10 @@ class ApprovalActivities:
                 step_key=proof.step_key,
                 with_teams=cfg.approvals.trust_buildkite_teams,
             )
-        except Exception as e:  # noqa: BLE001 - a refusal by the API is the answer; transient errors re-raise
-            from temporalio.exceptions import ApplicationError
-
-            if isinstance(e, ApplicationError) and e.non_retryable:
+        except ApplicationError as e:
+            if e.non_retryable:  # Buildkite answered, and does not vouch for it: that is the answer
                 return Identity(verified=False, reason=e.message)
-            raise
+            raise  # unreachable or 5xx: retried
         if inp.commit and unblock.commit != inp.commit:
             return Identity(
                 verified=False,

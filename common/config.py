@@ -399,6 +399,9 @@ class Signatures(_Model):
     )
 
 
+ROLLBACK_BLOCK_STEP = "rollback-{stage}"
+
+
 class Approvals(_Model):
     """Where approver identities come from, and gate defaults."""
 
@@ -423,6 +426,16 @@ class Approvals(_Model):
         default=False,
         description="sandbox only (needs `sandbox: true`): a decision without proof counts, shown as unverified",
     )
+
+    def block_step(self, action: str, stage: str) -> str:
+        """The Buildkite block step whose unblocker may take `action` on `stage`.
+
+        A rollback has its own step (`rollback-{stage}`, in a build of the commit rolled back to): an unblock
+        that approved a release must not also be usable to put an environment back.
+        """
+        template = ROLLBACK_BLOCK_STEP if action == "rollback" else self.buildkite_block_step
+        return template.replace("{stage}", stage)
+
     group_file: str | None = Field(default=None, description="YAML mapping group -> members, merged into groups")
     freeze_override_groups: list[str] = Field(
         default_factory=list, description="groups whose members may approve with --override-freeze"

@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities.approvals import block_step
 from common import signatures
 from common.config import FerryConfig
 from starters.common import CommandError
@@ -91,7 +90,7 @@ def who_decides(
                 "--from-buildkite: BUILDKITE_PIPELINE_SLUG and BUILDKITE_BUILD_NUMBER are not set; run this in a "
                 "Buildkite step after the block step"
             )
-        step = getattr(args, "block_step", None) or block_step(cfg, action, stage)
+        step = getattr(args, "block_step", None) or cfg.approvals.block_step(action, stage)
         claimed = env.get("BUILDKITE_UNBLOCKER_EMAIL") or env.get("BUILDKITE_UNBLOCKER") or "buildkite"
         return Who(
             user=claimed,
