@@ -156,6 +156,12 @@ async def test_signal_decisions_are_validated_and_refusals_audited(env: Workflow
         await handle.signal(
             ReleaseWorkflow.decide, signed(Decision(stage="staging", user="mallory"), handle.id, "approve")
         )
+        # Each Signal's handler verifies its sender through an activity, so two in flight may finish in either
+        # order; the second is sent once the first is audited, to pin the order the audit is checked in.
+        for _ in range(200):
+            if (await handle.query(ReleaseWorkflow.status)).audit:
+                break
+            await asyncio.sleep(0.05)
         await handle.signal(
             ReleaseWorkflow.decide,
             signed(Decision(stage="staging", user="quinn", comment="via UI"), handle.id, "approve"),

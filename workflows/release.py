@@ -400,10 +400,11 @@ class ReleaseWorkflow(GateHandlers):
     async def _gate(self, env: EnvironmentSpec) -> str:
         """Wait for the gate's decision (or, with the gate policy, its deadline); returns the gate's state."""
         stage = f"gate:{env.name}"
-        self._enter(stage, f"waiting for approval of {env.name} (gate {env.gate})")
         if self._verified:
             # The policy as the workers' ferry.yaml says when the gate opens: an edit reaches the next gate.
+            # Loaded before the stage says `gate:`, so whoever sees that stage can decide at once.
             self._gates.load(env.name, await load_policy(env.gate or "", env.name))
+        self._enter(stage, f"waiting for approval of {env.name} (gate {env.gate})")
         self._gates.open(env.name, workflow.now())
         gate = self._gates.status[env.name]
         if not self._policy:
