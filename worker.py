@@ -20,6 +20,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.envlock import LockActivities
 from activities.registry import SiteActivities
 from common.config import SITES, ConfigError, FerryConfig, default_config_path, load_config
 from common.logging import configure_logging
@@ -28,13 +29,22 @@ from common.observability import shutdown as shutdown_observability
 from common.temporal import connect
 from workflows.ci import CIWorkflow
 from workflows.coordinator import BranchCoordinator
+from workflows.envlock import EnvironmentLock
 from workflows.provision import DriftWorkflow, ProvisionWorkflow
 from workflows.release import ReleaseWorkflow
 from workflows.rollback import RollbackWorkflow
 
 log = structlog.get_logger("ferry.worker")
 
-WORKFLOWS = [ReleaseWorkflow, CIWorkflow, BranchCoordinator, RollbackWorkflow, ProvisionWorkflow, DriftWorkflow]
+WORKFLOWS = [
+    ReleaseWorkflow,
+    CIWorkflow,
+    BranchCoordinator,
+    RollbackWorkflow,
+    ProvisionWorkflow,
+    DriftWorkflow,
+    EnvironmentLock,
+]
 
 
 async def run_worker(
@@ -49,15 +59,18 @@ async def run_worker(
         cfg.temporal, runtime=runtime_for(cfg, site), interceptors=interceptors_for(cfg, site)
     )
     acts = SiteActivities.from_config(cfg, site, config_path=config_path)
+    functions = list(acts.functions)
+    if site == "onprem":  # the environment locks are Temporal workflows; their activities need the client
+        functions += LockActivities(client, cfg.task_queue(site), poll_seconds=cfg.timeouts.poll_seconds).functions
     worker = Worker(
         client,
         task_queue=cfg.task_queue(site),
         workflows=WORKFLOWS if site == "onprem" else [],
-        activities=acts.functions,
+        activities=functions,
         graceful_shutdown_timeout=timedelta(seconds=5),
         interceptors=[ActivityLogContext()],
     )
-    log.info("worker started", site=site, task_queue=cfg.task_queue(site), activities=len(acts.functions))
+    log.info("worker started", site=site, task_queue=cfg.task_queue(site), activities=len(functions))
     try:
         await worker.run()
     finally:

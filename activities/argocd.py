@@ -126,6 +126,10 @@ class _App:
     def synced_at(self, revision: str) -> bool:
         return self.sync_status == SYNCED and self.revision == revision
 
+    def carries(self, images: list[str]) -> bool:
+        """Synced (at whatever revision) and running every one of `images`: a later commit kept our pins."""
+        return bool(images) and self.sync_status == SYNCED and set(images) <= set(self.images)
+
     def progress(self) -> dict[str, str]:
         return {
             "sync": self.sync_status,
@@ -156,6 +160,10 @@ class ArgoCDActivities(SiteClients[ArgoCDClient, Endpoint]):
         driven by the rollouts activities, not here. Only Degraded after the sync at our revision fails.
         `revision` must be a full commit SHA (what gitops.move returns): Argo CD reports resolved SHAs in
         status.sync.revision, so a branch name or short SHA would never compare equal.
+
+        An app Synced at another revision that runs every one of `inp.images` counts as ours deployed: a
+        later GitOps commit (say, a person's config change that auto-sync picked up) kept our pins, and
+        syncing back to `revision` would undo it.
 
         `wait_healthy=False` (an app whose Argo Rollouts the rollouts activities follow): done once Synced at
         the revision with the sync operation Succeeded, whatever the health except Degraded (fails as above)
@@ -191,12 +199,19 @@ class ArgoCDActivities(SiteClients[ArgoCDClient, Endpoint]):
                     "(see the app's sync status in Argo CD) and retry",
                     SYNC_FAILED,
                 )
-            if app.synced_at(inp.revision):
+            if app.synced_at(inp.revision) or app.carries(inp.images):
                 if app.health == HEALTHY:
+                    if app.revision != inp.revision:
+                        activity.logger.info(
+                            "Argo CD: %s runs %s, which keeps every image of %s: deployed",
+                            inp.app,
+                            app.revision,
+                            inp.revision,
+                        )
                     return done(app)
                 if app.health == DEGRADED:
                     raise fatal(
-                        f"Argo CD ({inp.instance}): {inp.app} is Degraded after syncing to {inp.revision}: "
+                        f"Argo CD ({inp.instance}): {inp.app} is Degraded after syncing to {app.revision}: "
                         f"{app.health_message or 'no health message'}. Inspect the unhealthy resources in "
                         "Argo CD; fix forward or roll back the GitOps commit",
                         APPLICATION_DEGRADED,

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from common.yamlsafe import load_yaml
 from workflows.types import ServiceSpec
 
 SERVICES_FILE = "services.yaml"
@@ -245,7 +246,7 @@ def _str_list(value: Any, where: str, default: list[str] | None = None) -> list[
 
 def _mapping(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = load_yaml(text, source)
     except yaml.YAMLError as e:
         raise ManifestError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ import httpx
 from temporalio.exceptions import ApplicationError
 
 from common.redact import redact_text
+from workflows.errors import bounded
 
 # Stable error types: what an SRE filters on in the Temporal UI and what the workflow branches on.
 AUTH_FAILED = "AuthFailed"
@@ -37,13 +38,13 @@ ROLLOUT_REPLACED = "RolloutReplaced"  # the Rollout runs another change's images
 
 def fatal(message: str, type: str, **details: object) -> ApplicationError:
     """A non-retryable failure: retrying cannot help, the operator must act."""
-    return ApplicationError(message, details or None, type=type, non_retryable=True)
+    return ApplicationError(bounded(message), details or None, type=type, non_retryable=True)
 
 
 def retryable(message: str, type: str = UPSTREAM_UNAVAILABLE, delay: float | None = None) -> ApplicationError:
     """A transient failure: Temporal retries it (after `delay` seconds when the server asked for one)."""
     return ApplicationError(
-        message,
+        bounded(message),
         type=type,
         non_retryable=False,
         next_retry_delay=timedelta(seconds=delay) if delay else None,

@@ -14,6 +14,10 @@ move that names who asked and why in a `Ferry-Rollback:` trailer.
 An automatic rollback is `gitops.revert`: a `git revert` of the release's own move commit (so `git log` says
 exactly what was undone and why), made only while the environment still pins that move's images: a newer
 move by anyone else is never reverted.
+
+`ferry rollback` restores a whole environment state: `gitops.state_at` reads every pin of the environment's
+kustomization at the commit that deployed the target release there (found by its trailers), and the
+rollback's move pins them all.
 """
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ from activities.gitrepo import (
     redact,
     resolve_commit,
 )
+from common.yamlsafe import load_yaml
 from workflows.types import (
     DeployedInput,
     DeployedRevision,
+    EnvironmentState,
+    EnvironmentStateInput,
     GitOpsMoveInput,
     GitOpsMoveResult,
     GitOpsRevertInput,
@@ -65,6 +72,11 @@ KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 # OCI image-spec descriptor grammar (not in ../shared/specs; quoted from the image-spec's descriptor.md):
 # algorithm ":" encoded, algorithm = [a-z0-9]+ ([+._-] [a-z0-9]+)*, encoded = [a-zA-Z0-9=_-]+
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+# `gitops.state_at` cannot give a state the rollback could restore (never deployed there, reverted, not the
+# commit the request names, a broken file): the Rollback workflow refuses on this type (workflows/rollback.py).
+UNRESTORABLE_STATE = "UnrestorableState"
+_STATE_TRAILERS = ("Ferry-Release", "Ferry-Environment", "Ferry-Commit", "Ferry-Rollback", "Ferry-Reverts")
+_REVERTS = re.compile(r"This reverts commit ([0-9a-f]{40})")
 _REJECTED_HINTS = ("[rejected]", "non-fast-forward", "fetch first", "stale info", "cannot lock ref", "failed to lock")
 
 
@@ -136,7 +148,7 @@ def pin_images(text: str, pins: list[ImagePin], where: str) -> str | None:
     re-dumped, which keeps every key and its order but drops comments.
     """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, where)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -164,7 +176,7 @@ def pin_images(text: str, pins: list[ImagePin], where: str) -> str | None:
     wanted = {**data, "images": updated}
     surgical = _replace_images(text, updated)
     try:
-        if yaml.safe_load(surgical) == wanted:
+        if load_yaml(surgical, where) == wanted:
             return surgical
     except yaml.YAMLError:
         pass
@@ -212,13 +224,45 @@ def revert_message(inp: GitOpsRevertInput, reverted: str) -> str:
 
 def current_pins(text: str) -> dict[str, ImagePin]:
     """The `images:` pins of a kustomization text by name (entries without a digest are skipped)."""
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text, "kustomization") or {}
     images = data.get("images") if isinstance(data, dict) else None
     pins: dict[str, ImagePin] = {}
     for entry in images or []:
         if isinstance(entry, dict) and entry.get("name") and entry.get("digest"):
             pins[entry["name"]] = ImagePin(entry["name"], entry.get("newName") or entry["name"], entry["digest"])
     return pins
+
+
+def state_pins(text: str, where: str, error_type: str = UNRESTORABLE_STATE) -> list[ImagePin]:
+    """Every digest pin of a kustomization text, by name, validated; raises `error_type` on a broken file.
+
+    Entries without a digest (a tag, a newName only) are not pins a rollback can restore, and are skipped.
+    """
+
+    def broken(problem: str) -> Exception:
+        return fatal(f"{where}: {problem}", error_type)
+
+    try:
+        data = load_yaml(text, where)
+    except yaml.YAMLError as e:
+        raise broken(f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise broken("not a YAML mapping, so not a kustomization")
+    images = data.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in images):
+        raise broken("'images' must be a list of mappings, each with a 'name'")
+    pins: dict[str, ImagePin] = {}
+    for entry in images:
+        name, digest = entry["name"], entry.get("digest")
+        if not digest:
+            continue
+        new_name = entry.get("newName") or name
+        if not isinstance(digest, str) or not _DIGEST.match(digest) or not isinstance(new_name, str):
+            raise broken(f"image {name}: {digest!r} is not a digest pin (newName@sha256:<hex>)")
+        if name in pins:
+            raise broken(f"image {name} is listed twice")
+        pins[name] = ImagePin(name, new_name, digest)
+    return [pins[n] for n in sorted(pins)]
 
 
 def _validate_place(environment: str, branch: str, path: str) -> None:
@@ -388,6 +432,125 @@ class GitOpsActivities:
             )
 
         return await self.workspace.run(inp.repo_url, read, what=f"read what {inp.environment} runs")
+
+    @activity.defn(name="gitops.state_at")
+    async def state_at(self, inp: EnvironmentStateInput) -> EnvironmentState:
+        """Every image pin of the environment at the GitOps commit that deployed `inp.release_id` there.
+
+        That commit is the newest on the branch touching the environment's path with trailers
+        `Ferry-Release: <release>` and `Ferry-Environment: <env>` that is no rollback (`Ferry-Rollback:`) and
+        was not reverted since; `inp.commit`, when given, must be one of those. It must pin `inp.expected`
+        (the release's own images). Also returns the pins at the branch head: what the environment runs.
+        Read-only. A state that cannot be restored is UnrestorableState, naming why; nothing is changed.
+        """
+        _validate_place(inp.environment, inp.branch, inp.path)
+        if not inp.release_id.strip():
+            raise fatal(f"gitops state of {inp.environment}: a release id is required", BAD_REQUEST)
+        if inp.commit and not re.fullmatch(r"[0-9a-f]{40}", inp.commit):
+            raise fatal(f"gitops state of {inp.environment}: {inp.commit!r} is not a full commit SHA", BAD_REQUEST)
+        return await self.workspace.run(
+            inp.repo_url,
+            functools.partial(self._state_at, inp=inp),
+            what=f"read {inp.environment}'s state at {inp.release_id}",
+        )
+
+    def _state_at(self, repo: git.Repo, inp: EnvironmentStateInput) -> EnvironmentState:
+        env, rid, path = inp.environment, inp.release_id, inp.path.strip("/")
+        where = f"{redact(inp.repo_url)} branch {inp.branch}"
+        try:
+            head = repo.git.rev_parse("--verify", "--quiet", f"origin/{inp.branch}^{{commit}}").strip()
+        except git.GitCommandError:
+            raise fatal(f"{where} has no commits: {rid} was never deployed to {env}", UNRESTORABLE_STATE) from None
+        moves, reverted, trailers = self._moves(repo, head, inp)
+        live = [m for m in moves if m not in reverted]
+        if not moves:
+            raise fatal(
+                f"no GitOps commit on {where} deployed {rid} to {env} (none touching {path}/ has the trailers "
+                f"Ferry-Release: {rid} and Ferry-Environment: {env}; a release whose move found its images already "
+                "pinned makes none): there is no state of it to restore; nothing was changed",
+                UNRESTORABLE_STATE,
+            )
+        if not live:
+            undone = ", ".join(f"{m[:12]} (reverted by {reverted[m][:12]})" for m in moves)
+            raise fatal(
+                f"{rid}'s deployment to {env} was reverted ({undone}): it never stayed deployed there, so there "
+                "is no state of it to restore; nothing was changed",
+                UNRESTORABLE_STATE,
+            )
+        if inp.commit and inp.commit not in live:
+            raise fatal(
+                f"the rollback request names GitOps commit {inp.commit[:12]} as {rid}'s deployment to {env}, but "
+                f"the GitOps history says {', '.join(m[:12] for m in live)}; nothing was changed",
+                UNRESTORABLE_STATE,
+            )
+        move = inp.commit or live[0]
+        app_commit = trailers[move].get("Ferry-Commit", "")
+        if inp.app_commit and app_commit and app_commit.lower() != inp.app_commit.lower():
+            raise fatal(
+                f"GitOps commit {move[:12]} deployed {rid} to {env} at app commit {app_commit[:12]}, not "
+                f"{inp.app_commit[:12]}; nothing was changed",
+                UNRESTORABLE_STATE,
+            )
+        images = state_pins(*self._kustomization_at(repo, move, path, inp.repo_url, UNRESTORABLE_STATE))
+        at = {p.name: p.digest for p in images}
+        differ = [
+            f"{p.name} is {at.get(p.name) or 'not pinned'} there, {rid} built {p.digest}"
+            for p in inp.expected
+            if at.get(p.name) != p.digest
+        ]
+        if differ:
+            raise fatal(
+                f"GitOps commit {move[:12]} ({rid} in {env}) does not pin {rid}'s own images: {', '.join(differ)}; "
+                "nothing was changed",
+                UNRESTORABLE_STATE,
+            )
+        current = state_pins(*self._kustomization_at(repo, head, path, inp.repo_url, BROKEN_KUSTOMIZATION))
+        return EnvironmentState(environment=env, release_id=rid, commit=move, images=images, head=head, current=current)
+
+    @staticmethod
+    def _moves(
+        repo: git.Repo, head: str, inp: EnvironmentStateInput
+    ) -> tuple[list[str], dict[str, str], dict[str, dict[str, str]]]:
+        """The release's moves of the environment (newest first), what reverted what, and each one's trailers.
+
+        Like `released_commits`: a reverted revert reverts nothing, so what it had reverted counts again.
+        """
+        fields = "%x00".join(f"%(trailers:key={k},valueonly,separator=%x1f)" for k in _STATE_TRAILERS)
+        out = repo.git.log(head, f"--format=%H%x00{fields}%x00%B%x1e", "--", inp.path.strip("/") or ".")
+        moves: list[str] = []
+        reverted: dict[str, str] = {}  # reverted commit -> the commit that reverted it
+        trailers: dict[str, dict[str, str]] = {}
+        for record in out.split("\x1e"):
+            parts = record.strip("\n").split("\x00")
+            if len(parts) != len(_STATE_TRAILERS) + 2:
+                continue
+            sha, *values, body = parts
+            # Several values of one key: the last one wins, as for Ferry-Commit elsewhere.
+            found = {k: v.split("\x1f")[-1].strip() for k, v in zip(_STATE_TRAILERS, values, strict=True) if v.strip()}
+            if sha not in reverted:  # a reverted revert undoes nothing
+                for undone in {*_REVERTS.findall(body), *re.findall(r"[0-9a-f]{40}", values[-1])}:
+                    reverted.setdefault(undone, sha)
+            if (
+                found.get("Ferry-Release") == inp.release_id
+                and found.get("Ferry-Environment") == inp.environment
+                and "Ferry-Rollback" not in found
+            ):
+                moves.append(sha)
+                trailers[sha] = found
+        return moves, reverted, trailers
+
+    @staticmethod
+    def _kustomization_at(
+        repo: git.Repo, commit: str, path: str, repo_url: str, error_type: str
+    ) -> tuple[str, str, str]:
+        """(text, where, error_type) of the environment's kustomization file at `commit`, for state_pins."""
+        for name in KUSTOMIZATION_NAMES:
+            try:
+                text = repo.git.show(f"{commit}:{path}/{name}", strip_newline_in_stdout=False)
+            except git.GitCommandError:
+                continue
+            return text, f"{redact(repo_url)}@{commit[:12]}:{path}/{name}", error_type
+        raise fatal(f"{redact(repo_url)}@{commit[:12]}: no kustomization in {path}/; nothing was changed", error_type)
 
     @activity.defn(name="gitops.revert")
     async def revert(self, inp: GitOpsRevertInput) -> GitOpsRevertResult:

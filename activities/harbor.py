@@ -7,6 +7,7 @@ with a robot account (`username` + credential in ferry.yaml).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,12 +38,46 @@ SCAN_SUCCESS = "Success"
 SCAN_ENDED_BADLY = frozenset({"Error", "Stopped"})
 # Replication execution statuses as the API returns them (NOTES: handler/replication.go convertExecution).
 EXECUTION_SUCCEEDED = "Succeed"
+EXECUTION_IN_PROGRESS = "InProgress"
 EXECUTION_FAILED = frozenset({"Failed", "Stopped"})
+# Triggers whose executions replicate everything the policy selects at their start. An event_based execution
+# copies only the one artifact whose push fired it (src/controller/replication: Start with a resource), so it
+# says nothing about this release's other images.
+WHOLE_POLICY_TRIGGERS = frozenset({"manual", "scheduled"})
+# How far back the search for an execution that already covers a release's images reads (newest first).
+EXECUTIONS_PAGE_SIZE = 50
+EXECUTIONS_MAX_PAGES = 10
+TASKS_PAGE_SIZE = 100
+TASKS_MAX_PAGES = 20
 
 
 def image_name(ref: ArtifactRef) -> str:
     """`project/repository@digest`: how messages name an image so an operator can find it in Harbor."""
     return f"{ref.project}/{ref.repository}@{ref.digest}"
+
+
+def harbor_time(value: object) -> datetime | None:
+    """A Harbor timestamp (`2026-05-01T10:00:00.123Z`, RFC 3339) as an aware datetime; None if absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def task_repository(src_resource: object) -> str:
+    """The repository a replication task copied, from its `src_resource`.
+
+    Harbor prints `project/repo [2 item(s) in total]` (src/controller/replication/flow/stage.go
+    getResourceName: one task per repository, its tags or digests counted but not named); older releases
+    printed `project/repo:[v1,v2]`. Either way the repository is what comes before the bracket.
+    """
+    text = str(src_resource or "").strip()
+    for mark in (" [", ":["):
+        text = text.split(mark, 1)[0]
+    return text.strip()
 
 
 def severity_rank(severity: str) -> int:
@@ -131,6 +166,51 @@ class HarborClient:
         )
         items = response.json()
         return items[0] if isinstance(items, list) and items else None
+
+    async def executions_since(self, policy_id: int, since: datetime) -> list[dict[str, Any]]:
+        """The executions of a policy that started at or after `since`, newest first.
+
+        Pages through `GET /replication/executions?policy_id=&sort=-start_time` and stops at the first older one.
+        """
+        found: list[dict[str, Any]] = []
+        for page in range(1, EXECUTIONS_MAX_PAGES + 1):
+            response = await self.api.request(
+                "GET",
+                f"{API}/replication/executions",
+                f"list executions of replication policy {policy_id}",
+                params={"policy_id": policy_id, "sort": "-start_time", "page": page, "page_size": EXECUTIONS_PAGE_SIZE},
+            )
+            items = response.json()
+            if not isinstance(items, list):
+                return found
+            for execution in items:
+                started = harbor_time(execution.get("start_time")) if isinstance(execution, dict) else None
+                if started is None:
+                    continue
+                if started < since:
+                    return found
+                found.append(execution)
+            if len(items) < EXECUTIONS_PAGE_SIZE:
+                return found
+        return found
+
+    async def execution_tasks(self, execution_id: int) -> list[dict[str, Any]]:
+        """Every task of an execution (one per repository it copies)."""
+        tasks: list[dict[str, Any]] = []
+        for page in range(1, TASKS_MAX_PAGES + 1):
+            response = await self.api.request(
+                "GET",
+                f"{API}/replication/executions/{execution_id}/tasks",
+                f"list tasks of replication execution {execution_id}",
+                params={"page": page, "page_size": TASKS_PAGE_SIZE},
+            )
+            items = response.json()
+            if not isinstance(items, list):
+                break
+            tasks += [t for t in items if isinstance(t, dict)]
+            if len(items) < TASKS_PAGE_SIZE:
+                break
+        return tasks
 
     async def get_execution(self, execution_id: int) -> dict[str, Any] | None:
         """One replication execution, or None when Harbor no longer knows it (404)."""
@@ -269,8 +349,13 @@ class HarborActivities(SiteClients[HarborClient, HarborEndpoint]):
     async def replicate(self, inp: ReplicationInput) -> ReplicationResult:
         """Run a replication policy on the source Harbor and wait until the execution is final.
 
-        The execution id goes into the heartbeat at once, so a retried attempt resumes polling the same
-        execution instead of starting a second one.
+        Starts at most one execution per release, even when a run of the activity lost what the previous one
+        knew:
+        - a retried attempt resumes the execution named in the last heartbeat;
+        - a rerun without heartbeat details (a Reset: `ferry retry`) first looks for an execution of the policy
+          that already covers the release's images (see `_covering_execution`): a Succeed one is the answer, an
+          InProgress one is waited for. Only when none covers them (or those that did ended Failed/Stopped)
+          does it start a new one.
         """
         client = self._client(inp.instance, "harbor.replicate")
         execution_id: int | None = None
@@ -283,6 +368,19 @@ class HarborActivities(SiteClients[HarborClient, HarborEndpoint]):
         ):
             execution_id = previous["execution_id"]
             activity.logger.info("Harbor: resuming replication execution %s", execution_id)
+        if execution_id is None:
+            covering = await self._covering_execution(client, inp)
+            if covering is not None:
+                execution_id = covering["id"]
+                activity.logger.info(
+                    "Harbor: replication execution %s of policy %s (%s, started %s) already covers the images "
+                    "of %s; not starting another",
+                    execution_id,
+                    inp.policy_id,
+                    covering.get("status"),
+                    covering.get("start_time"),
+                    inp.release_id,
+                )
         if execution_id is None:
             execution_id = await client.start_replication(inp.policy_id)
             activity.logger.info(
@@ -321,6 +419,91 @@ class HarborActivities(SiteClients[HarborClient, HarborEndpoint]):
 
         execution = await waiting.poll(finished, interval=self.poll_seconds, progress=lambda: dict(details))
         return ReplicationResult(execution_id=execution_id, status=str(execution.get("status")))
+
+    async def _covered_since(self, client: HarborClient, inp: ReplicationInput) -> datetime | None:
+        """From when on an execution of the policy covers this release's images; None when that cannot be told.
+
+        An execution enumerates what its policy selects when it starts, so one started after the last of the
+        images was pushed copies them all (as a new execution would). Both times are the source Harbor's own
+        clock (`push_time`, `start_time`), so no clock skew between Temporal and Harbor enters the comparison.
+        `not_before`, when the workflow gives one, can only move that bound later.
+        """
+        bounds: list[datetime] = []
+        if inp.not_before:
+            not_before = harbor_time(inp.not_before)
+            if not_before is None:
+                raise fatal(
+                    f"harbor.replicate: not_before {inp.not_before!r} is not an ISO 8601 time with a zone "
+                    "(a workflow bug: it must pass e.g. 2026-05-01T10:00:00Z)",
+                    BAD_REQUEST,
+                )
+            bounds.append(not_before)
+        every_push_known = True
+        for ref in inp.artifacts:
+            source = ArtifactRef(inp.instance, ref.project, ref.repository, ref.digest)
+            artifact = await client.get_artifact(source)
+            if artifact is None:
+                raise fatal(
+                    f"Harbor ({inp.instance}): image {image_name(source)} is not there, so replication policy "
+                    f"{inp.policy_id} cannot copy it; check that CI pushed it (and that no retention rule or "
+                    "garbage collection removed it), then release the commit again",
+                    ARTIFACT_MISSING,
+                    image=image_name(source),
+                )
+            pushed = harbor_time(artifact.get("push_time"))
+            if pushed is None:
+                every_push_known = False
+            else:
+                bounds.append(pushed)
+        if not bounds or (not every_push_known and not inp.not_before):
+            return None
+        return max(bounds)
+
+    async def _covering_execution(self, client: HarborClient, inp: ReplicationInput) -> dict[str, Any] | None:
+        """An execution of the policy that already covers this release's images, if there is one.
+
+        Candidates: executions of the policy (`policy_id` filter, newest first) triggered manually or by schedule
+        (they copy everything the policy selects) that started no earlier than `_covered_since`. Among them a
+        Succeed one whose tasks name each of the release's repositories is taken first (nothing to wait for),
+        else the newest InProgress one (its tasks may not be listed yet). Failed and Stopped ones are passed
+        over: a new execution is what a retry after one of those needs.
+        """
+        since = await self._covered_since(client, inp)
+        if since is None:
+            return None
+        repositories = {f"{ref.project}/{ref.repository}" for ref in inp.artifacts}
+        candidates = [
+            ex
+            for ex in await client.executions_since(inp.policy_id, since)
+            if ex.get("policy_id") == inp.policy_id
+            and ex.get("trigger") in WHOLE_POLICY_TRIGGERS
+            and isinstance(ex.get("id"), int)
+        ]
+        for ex in candidates:
+            if ex.get("status") != EXECUTION_SUCCEEDED:
+                continue
+            if not repositories:  # bounded by not_before alone: nothing more to check
+                return ex
+            copied = {task_repository(t.get("src_resource")) for t in await client.execution_tasks(ex["id"])}
+            if repositories <= copied:
+                return ex
+            activity.logger.info(
+                "Harbor: execution %s of policy %s succeeded without a task for %s; not taking it",
+                ex["id"],
+                inp.policy_id,
+                ", ".join(sorted(repositories - copied)),
+            )
+        running = [ex for ex in candidates if ex.get("status") == EXECUTION_IN_PROGRESS]
+        if running:
+            return running[0]
+        ended = [f"{ex['id']} ({ex.get('status')})" for ex in candidates if ex.get("status") in EXECUTION_FAILED]
+        if ended:
+            activity.logger.info(
+                "Harbor: executions %s of policy %s did not finish their copy; starting a new one",
+                ", ".join(ended),
+                inp.policy_id,
+            )
+        return None
 
     @activity.defn(name="harbor.confirm")
     async def confirm(self, ref: ArtifactRef) -> ArtifactRef:

@@ -52,6 +52,7 @@ from activities.errors import (
 from activities.http import ApiClient
 from activities.site_clients import SiteClients
 from common.config import Endpoint
+from common.yamlsafe import load_yaml, load_yaml_all
 from workflows.provision_types import (
     AppSpec,
     ClusterInfo,
@@ -374,7 +375,7 @@ def kube_auth(kubeconfig_path: str) -> KubeAuth:
     """
     where = Path(kubeconfig_path).expanduser()
     try:
-        cfg = yaml.safe_load(where.read_text())
+        cfg = load_yaml(where.read_text(), f"kubeconfig {kubeconfig_path}")
     except OSError as e:
         raise fatal(
             f"kubeconfig {kubeconfig_path} (cluster kubeconfig_path) cannot be read on this worker: {e.strerror}",
@@ -438,7 +439,7 @@ def kube_auth(kubeconfig_path: str) -> KubeAuth:
 def parse_manifest(text: str, cluster_id: str) -> list[dict[str, Any]]:
     """The objects of a registration manifest (List kinds flattened), in apply order."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = load_yaml_all(text, f"registration manifest of cluster {cluster_id}")
     except yaml.YAMLError:
         raise fatal(
             f"Rancher: the registration manifest of cluster {cluster_id} is not valid YAML; check the Rancher "

@@ -116,7 +116,7 @@ class SiteActivities:
             functions += [approvals.plan, approvals.policy, approvals.verify]
             closers.append(approvals)
             gitops = GitOpsActivities(workspace)
-            functions += [gitops.move, gitops.deployed, gitops.revert]
+            functions += [gitops.move, gitops.deployed, gitops.state_at, gitops.revert]
             functions.append(PipelineActivities().render)
             if conf.tekton is not None:
                 tekton = TektonActivities.from_config(cfg, site, transport=transport)

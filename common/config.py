@@ -16,8 +16,36 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.inputs import (
+    branch_problem,
+    image_reference_problem,
+    local_path_problem,
+    oci_component_problem,
+    oci_repository_problem,
+    repo_path_problem,
+)
+from common.yamlsafe import YamlBudgetError, load_yaml
+
 SITES = ("onprem", "cloud")
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+# Environment and workspace names go into workflow ids, GitOps commit messages and (workspaces) the folders a
+# worker writes plans to: no separators, no dots alone, no control characters.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _refuse(problem: str | None) -> None:
+    """Raise the problem (pydantic puts the key path in front of it), if there is one."""
+    if problem:
+        raise ValueError(problem)
+
+
+def _repo_paths(paths: list[str], repo: str) -> list[str]:
+    """Refuse any of `paths` that could point outside `repo`, naming its position in the list."""
+    for i, path in enumerate(paths):
+        problem = repo_path_problem(path, repo)
+        if problem:
+            raise ValueError(f"entry {i}: {problem}")
+    return paths
 
 
 class ConfigError(Exception):
@@ -85,6 +113,13 @@ class HarborEndpoint(Endpoint):
         description="site name -> id of the replication policy on this Harbor that pushes to that site",
     )
 
+    @field_validator("project")
+    @classmethod
+    def _project_is_a_component(cls, v: str) -> str:
+        # Every image is pushed and pinned as {registry}/{project}/{image}: the project is part of that name.
+        _refuse(oci_component_problem(v))
+        return v
+
     @property
     def registry_host(self) -> str:
         """The host[:port] that prefixes image names pulled from this Harbor."""
@@ -149,6 +184,22 @@ class Workspace(_Model):
     )
     apps: dict[str, PlatformApp] = Field(default_factory=dict, description="platform services for its clusters")
 
+    @field_validator("path")
+    @classmethod
+    def _plain_path(cls, v: str) -> str:
+        # The root module's folder on the worker (absolute is fine): only what no tool can take is refused.
+        _refuse(local_path_problem(v))
+        return v
+
+    @field_validator("var_files")
+    @classmethod
+    def _plain_var_files(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            problem = local_path_problem(name)
+            if problem:
+                raise ValueError(f"entry {i}: {problem}")
+        return v
+
 
 class BazelSettings(_Model):
     """How the onprem worker runs `bazel query` for the Bazel change-analysis engine."""
@@ -176,6 +227,11 @@ class ChangeAnalysis(_Model):
         default=False, description="also read services.yaml and */ferry-package.yaml manifests at the commit"
     )
     bazel: BazelSettings = BazelSettings()
+
+    @field_validator("global_paths")
+    @classmethod
+    def _inside_app_repo(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _repo_paths(v, "app repository")
 
 
 class Provisioning(_Model):
@@ -230,7 +286,7 @@ class PayloadEncryption(_Model):
         if self.active_key is not None and self.active_key not in self.keys:
             raise ValueError(f"active_key '{self.active_key}' is not under keys")
         for key_id in self.keys:
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", key_id):
+            if not re.fullmatch(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", key_id):
                 raise ValueError(f"key id '{key_id}' must be letters, digits, '.', '_' or '-' (at most 64)")
         return self
 
@@ -266,6 +322,13 @@ class Repo(_Model):
     url: str
     branch: str = "main"
     name: str | None = Field(default=None, description="short name used in workflow ids; default from URL")
+
+    @field_validator("branch")
+    @classmethod
+    def _git_branch(cls, v: str) -> str:
+        # It is checked out, pushed to and put in workflow ids: git decides what a branch name is.
+        _refuse(branch_problem(v))
+        return v
 
     @field_validator("url")
     @classmethod
@@ -319,6 +382,19 @@ class Service(_Model):
         default_factory=dict, description="environment -> Argo Rollout that runs it there (progressive delivery)"
     )
 
+    @field_validator("paths")
+    @classmethod
+    def _inside_app_repo(cls, v: list[str]) -> list[str]:
+        return _repo_paths(v, "app repository")
+
+    @field_validator("image")
+    @classmethod
+    def _oci_name(cls, v: str | None) -> str | None:
+        # Pushed to Harbor and pinned in GitOps as {registry}/{project}/{image}: the OCI grammar decides.
+        if v is not None:
+            _refuse(oci_repository_problem(v))
+        return v
+
     @model_validator(mode="after")
     def _image_for_services(self) -> Service:
         if self.kind == "service" and not self.image:
@@ -369,6 +445,13 @@ class Environment(_Model):
     auto_rollback: bool = Field(
         default=True, description="revert this environment's GitOps commit when its verification fails"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _inside_gitops_repo(cls, v: str) -> str:
+        # A GitOps move writes {path}/kustomization.yaml: a path out of the repo would write anywhere.
+        _refuse(repo_path_problem(v, "GitOps repository"))
+        return v
 
 
 class Gate(_Model):
@@ -531,9 +614,9 @@ class Feedback(_Model):
         problems = []
         if self.project is None:
             problems.append(f"'project' is required with tracker {self.tracker}")
-        elif self.tracker == "github" and not GITHUB_PROJECT.match(self.project):
+        elif self.tracker == "github" and not GITHUB_PROJECT.fullmatch(self.project):
             problems.append(f"project '{self.project}' must be owner/repo for github")
-        elif self.tracker == "gitlab" and not GITLAB_PROJECT.match(self.project):
+        elif self.tracker == "gitlab" and not GITLAB_PROJECT.fullmatch(self.project):
             problems.append(f"project '{self.project}' must be a numeric id or a group/project path for gitlab")
         if self.token is None:
             problems.append(f"'token' (a credential reference) is required with tracker {self.tracker}")
@@ -548,14 +631,31 @@ class Feedback(_Model):
 
 
 class Timeouts(_Model):
-    """Bounds on activities; a stand-in that stays down fails the release after these, ready for retry."""
+    """Bounds on activities; a system that stays down fails the release after these, ready for retry.
 
-    activity_attempts: int = Field(default=8, ge=1)
+    An activity is retried (backoff from retry_initial_seconds, doubling up to retry_max_seconds) while both
+    bounds allow it: `activity_attempts` (0: no bound on the count) and `retry_budget_seconds`, the time an
+    outage may last past an attempt's own start-to-close before the release fails (0: no time bound).
+    """
+
+    activity_attempts: int = Field(default=0, ge=0, description="0: as many as retry_budget_seconds allows")
+    retry_budget_seconds: float = Field(
+        default=600.0, ge=0, description="how long an upstream outage is ridden out before the release fails"
+    )
     activity_start_to_close_seconds: float = Field(default=1800, gt=0)
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=5.0, gt=0, description="how often waits poll the external system")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Timeouts:
+        if self.activity_attempts == 0 and self.retry_budget_seconds == 0:
+            raise ValueError(
+                "timeouts: activity_attempts 0 and retry_budget_seconds 0 would retry a dead system forever; "
+                "set one of them"
+            )
+        return self
 
 
 class Policy(_Model):
@@ -656,7 +756,7 @@ class FerryConfig(_Model):
     def _cross_references(self) -> FerryConfig:
         problems: list[str] = []
         for name, svc in self.services.items():
-            if not SERVICE_NAME.match(name):
+            if not SERVICE_NAME.fullmatch(name):
                 problems.append(f"services.{name}: name must be lowercase letters, digits and '-'")
             for dep in svc.depends_on:
                 if dep not in self.services:
@@ -729,6 +829,30 @@ class FerryConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _names_and_image_references(self) -> FerryConfig:
+        # Names become workflow ids and folders; images become {registry}/{project}/{image} on every Harbor.
+        problems = [
+            f"{section}.{name if name.isprintable() else repr(name)}: name must be letters, digits, '.', '_' or '-' "
+            "(at most 63, starting with a letter or digit)"
+            for section, names in (
+                ("environments", self.environments),
+                ("provisioning.workspaces", self.provisioning.workspaces),
+            )
+            for name in names
+            if not PLAIN_NAME.fullmatch(name)
+        ]
+        for name, svc in self.services.items():
+            for site_name, site in self.sites.items():
+                if svc.image is None or site.harbor is None:
+                    continue
+                problem = image_reference_problem(site.harbor.registry_host, site.harbor.project, svc.image)
+                if problem:
+                    problems.append(f"services.{name}.image: as pushed to sites.{site_name}.harbor: {problem}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _feedback_site(self) -> FerryConfig:
         # The plan sends tracker.open_issue to this site's queue: a site nobody runs would leave it unscheduled.
         if self.feedback.tracker != "none" and self.feedback.site not in self.sites:
@@ -795,11 +919,17 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+_NAMES_ITS_KEY = re.compile(r"^[\w-]+(\.[\w./-]+)*: ")
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"] and _NAMES_ITS_KEY.match(msg):
+            lines.append(f"{path}: {msg}")  # a whole-file check already starts with the key it is about
+            continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key (see infra/ferry.example.yaml for the keys)"
         lines.append(f"{path}: {loc}: {msg}")
@@ -813,7 +943,9 @@ def _merge_group_file(data: dict[str, Any], path: Path) -> None:
         return
     file = (path.parent / group_file).expanduser()
     try:
-        groups = yaml.safe_load(file.read_text())
+        groups = load_yaml(file.read_text(), str(file))
+    except YamlBudgetError as e:
+        raise ConfigError(f"{path}: approvals.group_file: {e}") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: approvals.group_file: cannot read {file}: {e}") from None
     if not isinstance(groups, dict) or not all(
@@ -866,7 +998,9 @@ def load_config(path: Path | str | None = None) -> FerryConfig:
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, str(path))
+    except YamlBudgetError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -102,6 +102,7 @@ def build_plan(cfg: FerryConfig) -> ReleasePlan:
             retry_initial_seconds=t.retry_initial_seconds,
             retry_max_seconds=t.retry_max_seconds,
             heartbeat_seconds=t.heartbeat_seconds,
+            retry_budget_seconds=t.retry_budget_seconds,
         ),
     )
 

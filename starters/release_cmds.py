@@ -20,11 +20,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import FerryConfig
 from common.plan import build_plan
+from starters.commits import require_commits
 from starters.common import (
     FAILED,
     OK,
     SHA,
     CommandError,
+    check_branch,
+    check_decision_text,
     client_for,
     existing_handle,
     print_json,
@@ -81,9 +84,9 @@ def release_input_from_args(cfg: FerryConfig, args: argparse.Namespace) -> Relea
         )
     commit = commit.strip().lower()
     if not SHA.match(commit):
-        raise CommandError(f"commit '{commit}' is not a full 40-character hexadecimal SHA")
-    if not branch.strip() or any(c in branch for c in " ~^:?*[\\") or ".." in branch:
-        raise CommandError(f"branch '{branch}' is not a valid git branch name")
+        source = "BUILDKITE_COMMIT" if args.from_buildkite else "--commit"
+        raise CommandError(f"{source} '{commit}' is not a full 40-character hexadecimal SHA")
+    check_branch(branch, "BUILDKITE_BRANCH" if args.from_buildkite else "--branch")
     if args.base and not SHA.match(args.base.lower()):
         raise CommandError(f"--base '{args.base}' is not a full 40-character hexadecimal SHA")
     services = list(args.service or [])
@@ -136,6 +139,11 @@ async def submit_commit(client: Client, inp: ReleaseInput) -> str:
 async def start(cfg: FerryConfig, args: argparse.Namespace) -> int:
     """Hand a commit to its branch coordinator (or, with --direct, start its release); --wait follows it."""
     inp = release_input_from_args(cfg, args)
+    shas = {"BUILDKITE_COMMIT" if args.from_buildkite else "--commit": inp.commit}
+    if inp.base_commit:
+        shas["--base"] = inp.base_commit
+    # An unknown SHA would start a coordinator and a release that can only fail in CI: refused here.
+    await asyncio.to_thread(require_commits, cfg.repos.app, shas)
     client = await client_for(cfg)
     if not getattr(args, "direct", False):
         return await _start_coordinated(cfg, client, inp, args)
@@ -200,6 +208,7 @@ async def _start_coordinated(cfg: FerryConfig, client: Client, inp: ReleaseInput
 
 async def queue(cfg: FerryConfig, args: argparse.Namespace) -> int:
     """A branch coordinator's queue: pending commit, active releases, recent outcomes."""
+    check_branch(args.branch, "--branch")
     client = await client_for(cfg)
     handle = await existing_handle(client, coordinator_workflow_id(cfg.repos.app.short_name, args.branch))
     result: CoordinatorStatus = await handle.query(BranchCoordinator.status)
@@ -303,6 +312,7 @@ async def run_update(handle: WorkflowHandle, update: Any, arg: Any, when_ended: 
 
 async def decide(cfg: FerryConfig, args: argparse.Namespace, approve: bool) -> int:
     """Approve or reject a gate through its Update; a refusal exits FAILED with the reason."""
+    check_decision_text(args)
     ref = args.release or (os.environ.get("BUILDKITE_COMMIT", "") if getattr(args, "from_buildkite", False) else "")
     if not ref:
         raise CommandError("which release? give RELEASE (or run with --from-buildkite inside the build)")
@@ -339,6 +349,7 @@ def verification_line(gate: GateStatus) -> str:
 
 async def promote(cfg: FerryConfig, args: argparse.Namespace) -> int:
     """Promote the paused Argo Rollout step of an environment whose promotion policy is `approval`."""
+    check_decision_text(args)
     wf_id = workflow_id_for(cfg, args.release)
     comment = args.comment or ""
     who = who_decides(cfg, args, workflow_id=wf_id, action="promote", stage=args.stage, comment=comment)

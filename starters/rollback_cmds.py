@@ -1,9 +1,13 @@
 """`ferry rollback ENV --to RELEASE --comment TEXT [--as USER | --from-buildkite] [--wait] [--json]`.
 
 Environments only move forward on their own; this is the deliberate way back. The CLI reads the target
-release's commit and images from that release's `status` (a workflow cannot query another workflow), then
-starts the Rollback workflow, which decides whether the requester may do it (a refusal is audited there, so
-every attempt leaves a trace) and performs the GitOps move and the Argo CD sync.
+release's commit, images and the GitOps commit that deployed it in the environment from that release's
+`status` (a workflow cannot query another workflow), then starts the Rollback workflow, which decides whether
+the requester may do it (a refusal is audited there, so every attempt leaves a trace), reads the environment's
+whole state at that GitOps commit and performs the GitOps move and the Argo CD sync.
+
+The output lists every image: from which image to which it went, and what was left behind and why (a service
+added after the target release keeps its image: a rollback does not remove a service).
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import FerryConfig
 from common.plan import build_plan
-from starters.common import FAILED, OK, CommandError, client_for, existing_handle, print_json, workflow_id_for
+from starters.common import (
+    FAILED,
+    OK,
+    CommandError,
+    check_decision_text,
+    client_for,
+    existing_handle,
+    print_json,
+    workflow_id_for,
+)
 from starters.identity import who_decides
 from workflows.release import ReleaseWorkflow
 from workflows.rollback import RollbackWorkflow, rollback_target, rollback_workflow_id
@@ -39,14 +52,23 @@ def artifacts_of(cfg: FerryConfig, status: ReleaseStatus) -> list[Artifact]:
     ]
 
 
-async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namespace) -> RollbackInput:
-    """Validate the arguments and read the target release into a RollbackInput."""
+def check_arguments(cfg: FerryConfig, args: argparse.Namespace) -> str:
+    """The environment, the comment (stripped) and the target reference checked; USAGE before Temporal is asked."""
+    check_decision_text(args)
     env = args.environment
     if env not in cfg.environments:
         raise CommandError(f"unknown environment '{env}'; ferry.yaml defines {', '.join(cfg.environments)}")
     comment = (args.comment or "").strip()
     if not comment:
         raise CommandError("a rollback needs --comment saying why; it is kept in the audit and the GitOps commit")
+    workflow_id_for(cfg, args.to)
+    return comment
+
+
+async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namespace) -> RollbackInput:
+    """Validate the arguments and read the target release into a RollbackInput."""
+    env = args.environment
+    comment = check_arguments(cfg, args)
     target_id = workflow_id_for(cfg, args.to)
     handle = await existing_handle(client, target_id)
     target: ReleaseStatus = await handle.query(ReleaseWorkflow.status)
@@ -68,6 +90,7 @@ async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namesp
         comment=comment,
         requested_by="",
         plan=build_plan(cfg),
+        target_gitops_commit=ran.gitops_commit,  # its kustomization there is the state restored (and signed)
     )
     who = who_decides(
         cfg,
@@ -83,6 +106,7 @@ async def rollback_input(cfg: FerryConfig, client: Client, args: argparse.Namesp
 
 async def rollback(cfg: FerryConfig, args: argparse.Namespace) -> int:
     """Start (or find the running) rollback; report its refusal at once; with --wait follow it to the end."""
+    check_arguments(cfg, args)  # bad input exits 2 before Temporal is reached
     client = await client_for(cfg)
     inp = await rollback_input(cfg, client, args)
     wf_id = rollback_workflow_id(inp.plan.app_repo, inp.environment, inp.target_commit)
@@ -95,6 +119,8 @@ async def rollback(cfg: FerryConfig, args: argparse.Namespace) -> int:
     if not args.json:
         verb = "started" if started else "is already running; following it"
         print(f"rollback of {inp.environment} to {inp.target_release_id} ({inp.target_commit[:12]}) {verb}")
+        if inp.target_gitops_commit:
+            print(f"  restoring every service's pin of gitops commit {inp.target_gitops_commit[:12]}")
         print(f"  workflow {wf_id}")
     status = await follow(handle, until_decided=not args.wait, verbose=not args.json)
     if args.json:
@@ -135,18 +161,51 @@ async def follow(
         await asyncio.sleep(poll)
 
 
+def short_image(image: str) -> str:
+    """`newName@sha256:<12 hex>`, or "(not pinned)"."""
+    if not image:
+        return "(not pinned)"
+    name, _, digest = image.rpartition("@")
+    algorithm, _, encoded = digest.partition(":")
+    return f"{name}@{algorithm}:{encoded[:12]}"
+
+
+def render_images(status: RollbackStatus) -> list[str]:
+    """One line per image: restored from -> to, unchanged, or left behind with the reason."""
+    lines: list[str] = []
+    restored = [i for i in status.images if not i.left_behind]
+    left = [i for i in status.images if i.left_behind]
+    if status.state_commit:
+        lines.append(
+            f"  every service's pin as {status.target_release_id} left it (gitops {status.state_commit[:12]}):"
+        )
+    for i in restored:
+        who = i.service or i.name
+        if i.before == i.after:
+            lines.append(f"    {who}: unchanged, {short_image(i.after)}")
+        else:
+            lines.append(f"    {who}: {short_image(i.before)} -> {short_image(i.after)}")
+    if left:
+        lines.append(f"  left behind ({len(left)}), not as {status.target_release_id} left them:")
+        for i in left:
+            lines.append(f"    {i.service or i.name}: stays {short_image(i.after)}: {i.left_behind}")
+    return lines
+
+
 def render(status: RollbackStatus) -> str:
-    """Human summary: outcome, from and to, who and why, the GitOps commit and the apps."""
+    """Human summary: outcome, from and to, each image's change and what was left behind, who and why, the
+    GitOps commit and the apps."""
     to = f"{status.target_release_id} ({status.target_commit[:12]})"
     if status.outcome == "refused":
         return f"refused: {status.error}"
     if status.outcome == "failed":
-        return f"rollback of {status.environment} to {to} FAILED: {status.error}"
+        return "\n".join([f"rollback of {status.environment} to {to} FAILED: {status.error}", *render_images(status)])
     lines = []
     if status.outcome == "running":
         lines.append(f"rollback of {status.environment} to {to} accepted; at stage {status.stage}")
     else:
         lines.append(f"{status.environment} rolled back to {to}")
+    lines += render_images(status)
     for a in status.audit:
         origin = a.from_commit[:12] or "(nothing recorded)"
         lines.append(f"  {a.at}  {a.action} by {a.user} via {a.channel}: from {origin} to {a.to_commit[:12]}")

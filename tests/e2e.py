@@ -148,7 +148,16 @@ class E2E:
 
 async def start_sandbox(root: Path) -> E2E:
     """Bring a sandbox up on free ports, fast: short polls, short heartbeats, quick stand-ins."""
-    box = Sandbox(root, speed=0.1, poll_seconds=0.1, attempts=10, heartbeat_seconds=3, start_to_close_seconds=60)
+    # Retries: 70 s past an attempt's own 60 s, enough to ride out the one-minute outage test_e2e makes.
+    box = Sandbox(
+        root,
+        speed=0.1,
+        poll_seconds=0.1,
+        attempts=0,
+        retry_budget_seconds=70,
+        heartbeat_seconds=3,
+        start_to_close_seconds=60,
+    )
     await asyncio.to_thread(box.up, free_port_base(), lambda _: None)
     cfg = load_config(box.config_path)
     client = await connect(cfg.temporal)

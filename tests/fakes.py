@@ -16,6 +16,7 @@ from activities import errors
 from activities.approvals import ApprovalActivities
 from common.config import FerryConfig, parse_config
 from common.plan import build_plan
+from workflows.lock_types import AcquireInput, LockLease
 from workflows.types import (
     AnalyzeChangesInput,
     ArgoSyncInput,
@@ -26,6 +27,8 @@ from workflows.types import (
     DeployedRevision,
     E2EInput,
     E2EResult,
+    EnvironmentState,
+    EnvironmentStateInput,
     FeedbackIssueInput,
     FeedbackIssueResult,
     GitOpsMoveInput,
@@ -178,10 +181,33 @@ class Fakes:
             previous = [ImagePin(p.name, p.new_name, PREVIOUS_DIGEST) for p in inp.images]
             return GitOpsRevertResult(commit=sha, changed=True, app_commit="0" * 40, images=previous)
 
+        @activity.defn(name="envlock.acquire")
+        async def acquire(inp: AcquireInput) -> LockLease:
+            self._log("envlock.acquire", inp)
+            return LockLease(lock_id=inp.lock_id, environment=inp.environment, holder=inp.holder)
+
+        @activity.defn(name="envlock.release")
+        async def release(lease: LockLease) -> None:
+            self._log("envlock.release", lease)
+
         @activity.defn(name="gitops.deployed")
         async def deployed(inp: DeployedInput) -> DeployedRevision:
             self._log("gitops.deployed", inp)
             return DeployedRevision(environment=inp.environment, app_commit=self.running, gitops_commit="9" * 40)
+
+        @activity.defn(name="gitops.state_at")
+        async def state_at(inp: EnvironmentStateInput) -> EnvironmentState:
+            # The target's move commit pins exactly its own images; the environment runs the previous digests.
+            self._log("gitops.state_at", inp)
+            commit = inp.commit or hashlib.sha1(f"{inp.environment} {inp.release_id}".encode()).hexdigest()
+            return EnvironmentState(
+                environment=inp.environment,
+                release_id=inp.release_id,
+                commit=commit,
+                images=list(inp.expected),
+                head="9" * 40,
+                current=[ImagePin(p.name, p.new_name, PREVIOUS_DIGEST) for p in inp.expected],
+            )
 
         @activity.defn(name="tracker.open_issue")
         async def issue(inp: FeedbackIssueInput) -> FeedbackIssueResult:
@@ -212,6 +238,8 @@ class Fakes:
             return "200"
 
         fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, deployed, issue, e2e, sign]
+        fakes.append(state_at)
+        fakes += [acquire, release]
         fakes += self._both()
         # Not fakes: the workers' own plan, policy and signature checks, over the queue's worker config.
         approvals = ApprovalActivities(worker_config)

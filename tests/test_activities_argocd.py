@@ -286,3 +286,19 @@ async def test_without_wait_healthy_synced_and_succeeded_is_enough_but_not_missi
         await activities(degraded).sync(inp)
     assert info.value.type == errors.APPLICATION_DEGRADED and "RolloutAborted" in info.value.message
     assert missing.sync_posts(accepted_only=False) == degraded.sync_posts(accepted_only=False) == 0
+
+
+async def test_a_later_revision_that_keeps_our_images_is_ours_deployed_and_one_that_does_not_is_synced() -> None:
+    # The fake runs `harbor.test/ferry/api@sha256:<first 8 of the revision>`: NEWER keeps the image REV put in.
+    newer = REV[:8] + "1" * 32
+    ours = [f"harbor.test/ferry/api@sha256:{REV[:8]}"]
+    fake = FakeArgo()
+    fake.add("shop-staging", revision=newer)
+    result = await activities(fake).sync(dataclasses.replace(sync_input(), images=ours))
+    assert result.revision == newer and result.health == "Healthy"
+    assert fake.sync_posts(accepted_only=False) == 0  # not synced back to REV
+    # Without our images there (another release's pins), the app is synced to our revision as before.
+    other = FakeArgo()
+    other.add("shop-staging", revision=OLD)
+    result = await activities(other).sync(dataclasses.replace(sync_input(), images=ours))
+    assert result.revision == REV and other.sync_posts() == 1

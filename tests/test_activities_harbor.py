@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 from typing import Any
 from urllib.parse import unquote
 
@@ -350,3 +351,209 @@ async def test_from_config_builds_the_sites_harbor_only() -> None:
     assert acts.clients["cloud"].endpoint.url == cfg.sites["cloud"].harbor.url
     assert acts.poll_seconds == cfg.timeouts.poll_seconds
     await acts.aclose()
+
+
+# --- replication after a Reset: the sandbox stand-in over ASGI ---
+#
+# `ferry retry` is a Temporal Reset: the activity runs again as a first attempt, without the heartbeat that
+# named the execution. It must find the execution that already covers the release's images, not start another.
+
+
+class SteppingClock:
+    """The stand-in world's clock: every reading moves it on by `step` seconds, so polls see time pass."""
+
+    def __init__(self, step: float = 0.05) -> None:
+        self.t = 1_780_000_000.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+class Standin:
+    """The Harbor stand-ins (on-prem with the seeded policy 1 to the cloud) and activities wired to on-prem."""
+
+    def __init__(self, tmp_path: Any, *, step: float = 0.05) -> None:
+        from sandbox.standins import World, build_apps
+
+        self.scenario = tmp_path / "scenario.yaml"
+        self.clock = SteppingClock(step)
+        self.world = World(self.scenario, tokens={"harbor-onprem": TOKEN, "harbor-cloud": TOKEN}, clock=self.clock)
+        self.app = build_apps(self.world)["harbor-onprem"]
+        self.onprem = self.world.harbor["onprem"]
+        self.cloud = self.world.harbor["cloud"]
+
+    def activities(self, transport: httpx.AsyncBaseTransport | None = None) -> HarborActivities:
+        from activities.harbor import HarborClient
+
+        client = HarborClient(endpoint(), transport or httpx.ASGITransport(app=self.app), instance="onprem")
+        return HarborActivities({"onprem": client}, poll_seconds=0.001)
+
+    def push(self, repo: str = "api", digest: str = DIGEST) -> ArtifactRef:
+        self.onprem.push("ferry", repo, "v1", digest)
+        return ArtifactRef(instance="onprem", project="ferry", repository=repo, digest=digest)
+
+    def set_scenario(self, text: str) -> None:
+        self.scenario.write_text(text)
+        st = self.scenario.stat()
+        os.utime(self.scenario, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    def started(self) -> list[tuple[int, str]]:
+        """Every execution the stand-in has, oldest first, with its status as of now."""
+        self.world.tick()
+        return [(e.id, e.status) for e in sorted(self.onprem.executions.values(), key=lambda e: e.id)]
+
+
+class ReadsFail(httpx.AsyncBaseTransport):
+    """The stand-in, except that GETs of one execution answer 503 (enough to exhaust ApiClient's retries)."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.rstrip("/").split("/")[-1].isdigit() and "/executions/" in path:
+            return httpx.Response(503, json={"errors": [{"code": "UNAVAILABLE", "message": "injected"}]})
+        return await self.inner.handle_async_request(request)
+
+
+def reset_env() -> Any:
+    """A fresh activity environment: attempt 1, no heartbeat details (what a Reset gives the activity)."""
+    env, _ = heartbeat_recorder()
+    assert not env.info.heartbeat_details and env.info.attempt == 1
+    return env
+
+
+async def test_reset_rerun_accepts_the_execution_that_already_copied_the_images(tmp_path: Any) -> None:
+    box = Standin(tmp_path)
+    image = box.push()
+    inp = ReplicationInput("onprem", 1, "release/shop/abc", artifacts=[image])
+    first = await reset_env().run(box.activities().replicate, inp)
+    assert first.status == "Succeed"
+    assert box.cloud.has_image("ferry", "api", DIGEST)
+    again = await reset_env().run(box.activities().replicate, inp)
+    assert again == first
+    assert box.started() == [(first.execution_id, "Succeed")]  # exactly one execution started
+
+
+async def test_reset_rerun_resumes_the_execution_still_in_progress(tmp_path: Any) -> None:
+    box = Standin(tmp_path)
+    inp = ReplicationInput("onprem", 1, "release/shop/abc", artifacts=[box.push()])
+    # The first run starts the execution, then loses Harbor while polling it; the run ends (e.g. its
+    # attempts ran out), and an operator resets the release once Harbor is back.
+    box.clock.step = 0.0  # nothing progresses while the first run fails
+    with pytest.raises(ApplicationError) as info:
+        await reset_env().run(box.activities(ReadsFail(box.app)).replicate, inp)
+    assert not info.value.non_retryable
+    ((execution_id, status),) = box.started()
+    assert status == "InProgress"
+    box.clock.step = 0.05
+    env, beats = heartbeat_recorder()
+    result = await env.run(box.activities().replicate, inp)
+    assert result.execution_id == execution_id and result.status == "Succeed"
+    assert beats[0]["execution_id"] == execution_id
+    assert box.started() == [(execution_id, "Succeed")]
+
+
+async def test_reset_rerun_after_a_failed_execution_starts_a_new_one(tmp_path: Any) -> None:
+    box = Standin(tmp_path)
+    inp = ReplicationInput("onprem", 1, "release/shop/abc", artifacts=[box.push()])
+    box.set_scenario("replication: {result: Failed}\n")
+    with pytest.raises(ApplicationError) as info:
+        await reset_env().run(box.activities().replicate, inp)
+    assert info.value.type == errors.REPLICATION_FAILED and info.value.non_retryable
+    ((failed_id, _),) = box.started()
+    box.set_scenario("{}\n")  # the operator fixed the target registry, then ran `ferry retry`
+    result = await reset_env().run(box.activities().replicate, inp)
+    assert result.status == "Succeed" and result.execution_id != failed_id
+    assert box.started() == [(failed_id, "Failed"), (result.execution_id, "Succeed")]
+    assert box.cloud.has_image("ferry", "api", DIGEST)
+    # And a further rerun takes the one that succeeded.
+    assert (await reset_env().run(box.activities().replicate, inp)).execution_id == result.execution_id
+    assert len(box.started()) == 2
+
+
+async def test_executions_from_before_the_push_or_of_one_pushed_artifact_do_not_count(tmp_path: Any) -> None:
+    box = Standin(tmp_path)
+    older = box.push("web", "sha256:" + "01" * 32)
+    earlier = await reset_env().run(
+        box.activities().replicate, ReplicationInput("onprem", 1, "release/shop/old", artifacts=[older])
+    )
+    box.clock.t += 60
+    image = box.push()  # this release's image, pushed after that execution started
+    # A push-triggered (event_based) execution copies only the artifact that fired it, here another one.
+    other = box.onprem.push("ferry", "billing", "v1", "sha256:" + "02" * 32)
+    box.onprem.start_replication(1, trigger="event_based", only=[other])
+    box.clock.t += 60
+    assert [status for _, status in box.started()] == ["Succeed", "Succeed"]
+    assert not box.cloud.has_image("ferry", "api", DIGEST)
+    result = await reset_env().run(
+        box.activities().replicate, ReplicationInput("onprem", 1, "release/shop/new", artifacts=[image])
+    )
+    assert result.execution_id not in (earlier.execution_id, earlier.execution_id + 1)
+    assert len(box.started()) == 3 and box.cloud.has_image("ferry", "api", DIGEST)
+
+
+async def test_not_before_alone_bounds_the_search(tmp_path: Any) -> None:
+    from sandbox.standins.world import iso_ms
+
+    box = Standin(tmp_path)
+    box.push()
+    await reset_env().run(box.activities().replicate, ReplicationInput("onprem", 1, "release/shop/old"))
+    box.clock.t += 60
+    inp = ReplicationInput("onprem", 1, "release/shop/abc", not_before=iso_ms(box.clock.t))
+    first = await reset_env().run(box.activities().replicate, inp)
+    second = await reset_env().run(box.activities().replicate, inp)
+    assert first == second and len(box.started()) == 2
+    with pytest.raises(ApplicationError) as info:
+        await box.activities().replicate(ReplicationInput("onprem", 1, "r", not_before="yesterday"))
+    assert info.value.type == errors.BAD_REQUEST and info.value.non_retryable
+
+
+async def test_replicate_an_image_missing_on_the_source_is_fatal_before_any_execution(tmp_path: Any) -> None:
+    box = Standin(tmp_path)
+    missing = ArtifactRef(instance="onprem", project="ferry", repository="api", digest=DIGEST)
+    with pytest.raises(ApplicationError) as info:
+        await box.activities().replicate(ReplicationInput("onprem", 1, "r", artifacts=[missing]))
+    assert info.value.type == errors.ARTIFACT_MISSING and info.value.non_retryable
+    assert f"ferry/api@{DIGEST}" in info.value.message and "onprem" in info.value.message
+    assert box.started() == []
+
+
+async def test_the_standin_lists_executions_and_tasks_as_harbor_does(tmp_path: Any) -> None:
+    box = Standin(tmp_path, step=0.0)
+    box.onprem.push("ferry", "api", "v1", DIGEST)
+    box.onprem.push("ferry", "api", "v2", "sha256:" + "03" * 32)
+    box.onprem.push("ferry", "team/tool", "", "sha256:" + "04" * 32)
+    box.onprem.push("tools", "lint", "v1", "sha256:" + "05" * 32)  # not selected by ferry/**
+    first = box.onprem.start_replication(1)
+    box.clock.t += 0.5
+    second = box.onprem.start_replication(1)
+    auth = ("robot$ferry", TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app), base_url="http://h", auth=auth) as c:
+        listed = (await c.get("/api/v2.0/replication/executions", params={"policy_id": 1})).json()
+        assert [e["id"] for e in listed] == [second.id, first.id]  # newest start_time first by default
+        oldest = (await c.get("/api/v2.0/replication/executions", params={"sort": "start_time"})).json()
+        assert [e["id"] for e in oldest] == [first.id, second.id]
+        assert [e["trigger"] for e in listed] == ["manual", "manual"]
+        assert (await c.get("/api/v2.0/replication/executions", params={"policy_id": 2})).json() == []
+
+        tasks = (await c.get(f"/api/v2.0/replication/executions/{second.id}/tasks")).json()
+        assert sorted(t["src_resource"] for t in tasks) == [
+            "ferry/api [2 item(s) in total]",  # one task per repository, its references counted
+            "ferry/team/tool [1 item(s) in total]",  # an untagged artifact counts by its digest
+        ]
+        # Just started: the tasks wait for the job service; the first execution's already run.
+        assert {(t["status"], t["resource_type"], t["operation"]) for t in tasks} == {("Pending", "artifact", "copy")}
+        assert (await c.get(f"/api/v2.0/replication/executions/{second.id}")).json()["in_progress"] == 2
+        running = await c.get(f"/api/v2.0/replication/executions/{first.id}/tasks", params={"status": "Running"})
+        assert len(running.json()) == 2 and {t["status"] for t in running.json()} == {"InProgress"}
+        pending = await c.get(f"/api/v2.0/replication/executions/{first.id}/tasks", params={"status": "Pending"})
+        assert pending.json() == []
+        box.clock.t += 0.6
+        done = (await c.get("/api/v2.0/replication/executions", params={"status": "Succeed"})).json()
+        assert [e["id"] for e in done] == [first.id]  # the second is still in progress
+        raw = (await c.get("/api/v2.0/replication/executions", params={"status": "Running"})).json()
+        assert [e["id"] for e in raw] == [second.id]  # a job status filters as its API string does
+        assert (await c.get("/api/v2.0/replication/executions/999/tasks")).status_code == 404

@@ -94,6 +94,7 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
         "pipeline.render",
         "gitops.move",
         "gitops.deployed",
+        "gitops.state_at",  # twice: tests/test_gitops_state.py
         "tekton.run",
         "tekton.cancel",
         "sonarqube.quality_gate",
@@ -168,10 +169,12 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
     scan = await twice(onprem["harbor.scan_gate"], ScanGateInput(ArtifactRef("onprem", "ferry", "api", digest)))
     assert scan.severity in ("None", "Unknown", "Low", "Medium", "High")
 
-    replication = ReplicationInput(instance="onprem", policy_id=1, release_id="shop-x")
-    first = await onprem["harbor.replicate"](replication)
-    second = await onprem["harbor.replicate"](replication)
-    assert first.status == second.status == "Succeed"
+    replication = ReplicationInput(
+        instance="onprem", policy_id=1, release_id="shop-x", artifacts=[ArtifactRef("onprem", "ferry", "api", digest)]
+    )
+    first = await twice(onprem["harbor.replicate"], replication)
+    assert first.status == "Succeed"
+    assert len(world.harbor["onprem"].executions) == 1  # the second found the first's execution
     cloud_ref = ArtifactRef("cloud", "ferry", "api", digest)
     assert await twice(cloud["harbor.confirm"], cloud_ref) == cloud_ref
     policy = PolicyCheckInput(
@@ -246,3 +249,20 @@ async def test_every_activity_twice_same_answer_no_second_side_effect(setup) -> 
     )
     identity = await twice(onprem["approvals.verify"], check)
     assert identity.verified and identity.user == "rita" and identity.aliases == ["rita", "rita@example.com"]
+
+
+async def test_harbor_replicate_rerun_as_after_a_reset_starts_one_execution(setup) -> None:
+    # `ferry retry` resets the release: the activity runs again with no heartbeat details (called outside an
+    # activity here, it has none either). Given the release's images, the rerun takes the execution that
+    # already copied them.
+    cfg, world, app_repo, gitops_repo, onprem, cloud = setup
+    digest = "sha256:" + "5e" * 32
+    world.harbor["onprem"].push("ferry", "api", "v9", digest)
+    image = ArtifactRef("onprem", "ferry", "api", digest)
+    replication = ReplicationInput(instance="onprem", policy_id=1, release_id="shop-r", artifacts=[image])
+    first = await onprem["harbor.replicate"](replication)
+    second = await onprem["harbor.replicate"](replication)
+    assert first == second and first.status == "Succeed"
+    assert [e.id for e in world.harbor["onprem"].executions.values()] == [first.execution_id]
+    cloud_ref = ArtifactRef("cloud", "ferry", "api", digest)
+    assert await cloud["harbor.confirm"](cloud_ref) == cloud_ref

@@ -196,3 +196,22 @@ def test_signers_file_is_relative_to_ferry_yaml_and_trust_unverified_is_for_sand
     data["approvals"]["buildkite_block_step"] = "approve"
     with pytest.raises(ConfigError, match="must contain {stage}"):
         load_config(write(tmp_path, data))
+
+
+def test_a_whole_file_problem_starts_with_its_key_not_top_level() -> None:
+    data = sample_config()
+    data["services"]["web"]["depends_on"] = ["nope"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "ferry.yaml")
+    assert str(err.value).startswith("ferry.yaml: services.web.depends_on: unknown service 'nope'")
+    assert "(top level)" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["web\n", "Web"])
+def test_a_service_name_must_match_entirely(name: str) -> None:
+    """`$` in a regex also matches before a final newline: names are checked with fullmatch."""
+    data = sample_config()
+    data["services"][name] = data["services"].pop("web")
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "name must be lowercase letters, digits and '-'" in str(err.value)

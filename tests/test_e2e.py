@@ -195,6 +195,30 @@ async def test_happy_path_survives_30_percent_503s(e2e: E2E) -> None:
     assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
 
 
+async def test_half_of_all_requests_failing_and_a_60s_argocd_outage_finish_without_a_person(e2e: E2E) -> None:
+    base = e2e.head()
+    commit = e2e.commit({"services/web/storm.txt": "50%\n"}, "web: under heavier fire")
+    # Every stand-in answers every other request with a 503 (Retry-After-less), for the whole release.
+    e2e.scenario({"faults": {"*": {"error_rate": 0.5, "status": 503}}})
+    await start(e2e, commit, "--base", base)
+    first_run = (await e2e.handle(commit).describe()).run_id
+    await e2e.wait_stage(commit, "gate:staging", timeout=300)
+    # Then Argo CD-Cloud goes down for a minute just as staging is approved: the release rides it out.
+    e2e.scenario({"faults": {"*": {"error_rate": 0.5, "status": 503}, "argocd-cloud": {"down": True}}})
+    rid = e2e.release_id(commit)
+    assert e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn").code == 0
+    await asyncio.sleep(60)
+    e2e.scenario({"faults": {"*": {"error_rate": 0.5, "status": 503}}})
+    await e2e.wait_stage(commit, "gate:production", timeout=300)
+    e2e.scenario({})
+    assert e2e.ferry("approve", rid, "--stage", "production", "--as", "rita").code == 0
+    result = await e2e.handle(commit).result()
+    assert result.outcome == "succeeded"
+    # Nobody retried anything (a `ferry retry` is a Reset: another run), and one GitOps commit per environment.
+    assert (await e2e.handle(commit).describe()).run_id == first_run
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
+
+
 async def test_onprem_worker_killed_mid_ci_resumes_without_duplicates(e2e: E2E) -> None:
     base = e2e.head()
     commit = e2e.commit({"libs/common/crash.py": "X = 1\n"}, "common: crash test")
@@ -247,6 +271,103 @@ async def test_retry_after_a_standin_was_down_skips_completed_stages(e2e: E2E) -
     assert len(runs_after["items"]) == len(runs_before["items"]) == 1
     # The staging approval was kept: the retried run did not ask for it again.
     assert [a.user for a in result.audit if a.stage == "staging"] == ["quinn"]
+
+
+async def test_a_reset_to_before_replication_reuses_the_execution_that_copied_the_images(e2e: E2E) -> None:
+    import uuid
+
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+
+    base = e2e.head()
+    commit = e2e.commit({"services/billing/reset.py": "R = 2\n"}, "billing: reset replication")
+    await start(e2e, commit, "--base", base)
+    rid = e2e.release_id(commit)
+    await e2e.wait_stage(commit, "gate:staging")
+    assert e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn").code == 0
+    await e2e.wait_stage(commit, "gate:production")
+
+    def executions() -> list[dict]:
+        return e2e.api("harbor-onprem", "/api/v2.0/replication/executions?policy_id=1&page_size=100").json()
+
+    before = executions()
+    # Reset the run to just before harbor.replicate was scheduled, as an SRE picks that event in the UI (or
+    # `ferry retry` does after a failed replication): the activity runs again with no heartbeat details.
+    handle = e2e.handle(commit)
+    events = list((await handle.fetch_history()).events)
+    scheduled = next(
+        e
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "harbor.replicate"
+    )
+    desc = await handle.describe()
+    reset = await e2e.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=e2e.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=desc.run_id),
+            reason="test: replication again",
+            workflow_task_finish_event_id=scheduled.activity_task_scheduled_event_attributes.workflow_task_completed_event_id,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    rerun = e2e.client.get_workflow_handle(handle.id, run_id=reset.run_id)
+    replicated_again = False
+    for _ in range(600):
+        history = (await rerun.fetch_history()).events
+        replicated_again = any(
+            e.HasField("activity_task_completed_event_attributes")
+            and history[
+                e.activity_task_completed_event_attributes.scheduled_event_id - 1
+            ].activity_task_scheduled_event_attributes.activity_type.name
+            == "harbor.replicate"
+            for e in history
+        )
+        if replicated_again:
+            break
+        await asyncio.sleep(0.1)
+    assert replicated_again
+    await e2e.wait_stage(commit, "gate:production")
+    assert executions() == before  # the rerun took the execution that had copied the images: none started
+    assert e2e.ferry("approve", rid, "--stage", "production", "--as", "rita").code == 0
+    assert (await e2e.handle(commit).result()).outcome == "succeeded"
+    assert e2e.gitops_commits(rid) == [f"{env}: release {rid}" for env in ("production", "staging", "testbed")]
+
+
+async def test_a_megabyte_comment_is_refused_and_the_release_goes_on(e2e: E2E) -> None:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from workflows.release import ReleaseWorkflow
+    from workflows.types import Decision
+
+    base = e2e.head()
+    commit = e2e.commit({"services/web/comment.txt": "1 MB\n"}, "web: a long comment")
+    await start(e2e, commit, "--base", base)
+    await e2e.wait_stage(commit, "gate:staging")
+    rid, handle = e2e.release_id(commit), e2e.handle(commit)
+    megabyte = "x" * 1_000_000
+    # Straight to Temporal, as anyone who can reach it can: the Update is refused at the door (not in history)...
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(ReleaseWorkflow.approve, Decision(stage="staging", user="quinn", comment=megabyte))
+    assert "at most 2000" in str(refused.value.cause)
+    # ... and the Signal is refused by its handler, its comment cut to the bound in the audit.
+    await handle.signal(ReleaseWorkflow.decide, Decision(stage="staging", user="quinn", comment=megabyte))
+    for _ in range(100):
+        audit = (await e2e.status(commit)).audit
+        if audit:
+            break
+        await asyncio.sleep(0.1)
+    assert audit[-1].action == "refused" and len(audit[-1].comment) <= 2000
+    # The CLI refuses it before signing or sending anything.
+    run = e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn", "--comment", "y" * 100_000)
+    assert run.code == 2 and "--comment" in run.err
+    # The release still answers, and goes on.
+    status = e2e.ferry("status", rid, "--json")
+    assert status.code == 0 and json.loads(status.out)["stage"] == "gate:staging"
+    assert e2e.ferry("approve", rid, "--stage", "staging", "--as", "quinn", "--comment", "QA passed").code == 0
+    await e2e.wait_stage(commit, "gate:production")
+    assert e2e.ferry("reject", rid, "--stage", "production", "--as", "rita", "--comment", "enough").code == 0
+    assert (await handle.result()).outcome == "rejected"
 
 
 async def test_bad_input_is_refused_with_exit_2_and_changes_nothing(e2e: E2E, tmp_path: Path) -> None:

@@ -338,12 +338,14 @@ async def test_rollback_is_verified_and_authorised_by_the_workers_policy(time_en
             ),
         )
         rita, wf_id = await run(dataclasses.replace(base, requested_by="rita"))
-        await keep_history(time_env.client.get_workflow_handle(wf_id), "rollback-verified")
+        # rollback-verified.json is the history of a rollback before whole-state restores: kept as recorded.
+        await keep_history(time_env.client.get_workflow_handle(wf_id), "rollback-whole-state")
     assert mallory.outcome == "refused" and "mallory may not roll back production" in mallory.error
     assert unsigned.outcome == "refused" and "unverified" in unsigned.error
     assert swapped.outcome == "refused" and "not '" in swapped.error  # the images are not the signed ones
     assert rita.outcome == "succeeded" and rita.audit[-1].method.startswith("ssh signature")
     assert len(fakes.names("gitops.move")) == 1
+    assert len(fakes.names("gitops.state_at")) == 1 and rita.state_commit  # the whole state, read by a worker
 
 
 async def test_trust_unverified_is_for_sandboxes_and_marks_every_gate_it_decides(

@@ -29,6 +29,8 @@ def test_histories_are_recorded() -> None:
         "release-verified-decisions",
         "release-verified-promotion",
         "rollback-verified",
+        "rollback-whole-state",  # every service's pin as the target left it, the environment held meanwhile
+        "envlock-fifo",  # four movers granted an environment one after another
     } <= names
 
 

@@ -1,7 +1,9 @@
 """Activity call options derived from the release plan: bounded retries, timeouts and heartbeats.
 
-Bounded attempts matter: a system that stays down must fail the release (ready for `ferry retry`) rather
-than retry forever with nobody looking.
+Bounded retries matter: a system that stays down must fail the release (ready for `ferry retry`) rather
+than retry forever with nobody looking. The bound is a time budget first (`retry_budget_seconds`: how long
+an outage is ridden out, past an attempt's own start-to-close), so that a three-minute Argo CD or Harbor
+outage, or an upstream that fails every other request, costs a release some minutes and nobody's night.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def activity_options(settings: ActivitySettings, task_queue: str, *, waits: bool
             maximum_attempts=settings.attempts,
         ),
     }
+    if settings.retry_budget_seconds > 0:
+        # One attempt may take its whole start-to-close; the budget is what retries get on top of it.
+        budget = settings.start_to_close_seconds + settings.retry_budget_seconds
+        opts["schedule_to_close_timeout"] = timedelta(seconds=budget)
     if waits:
         opts["heartbeat_timeout"] = timedelta(seconds=settings.heartbeat_seconds)
     return opts

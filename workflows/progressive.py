@@ -55,6 +55,19 @@ def image_of(pin: ImagePin) -> str:
     return f"{pin.new_name}@{pin.digest}"
 
 
+def app_images(
+    plan: ReleasePlan, env: EnvironmentSpec, artifacts: list[Artifact], pins: list[ImagePin]
+) -> dict[str, list[str]]:
+    """Argo CD app of `env` -> the images (newName@digest) that `pins` put in it, sorted."""
+    specs = {s.name: s for s in plan.services}
+    by_name = {p.name: image_of(p) for p in pins}
+    apps: dict[str, set[str]] = {}
+    for a in artifacts:
+        if a.repository in by_name:
+            apps.setdefault(specs[a.service].argocd_apps[env.name], set()).add(by_name[a.repository])
+    return {app: sorted(images) for app, images in apps.items()}
+
+
 def service_images(env: EnvironmentSpec, artifacts: list[Artifact], pins: list[ImagePin]) -> dict[str, list[str]]:
     """service -> the images its pods run after `pins` (matched by the image's repository name)."""
     by_name = {p.name: image_of(p) for p in pins}
@@ -143,17 +156,32 @@ async def abort_rollouts(plan: ReleasePlan, env: EnvironmentSpec, refs: dict[str
 
 
 async def sync_apps(
-    plan: ReleasePlan, env: EnvironmentSpec, commit: str, apps: list[str], app_status: dict[str, str], *, rollouts: bool
+    plan: ReleasePlan,
+    env: EnvironmentSpec,
+    commit: str,
+    apps: list[str],
+    app_status: dict[str, str],
+    *,
+    rollouts: bool,
+    images: dict[str, list[str]] | None = None,
 ) -> None:
     """Sync `apps` of `env` at exactly `commit`; `app_status` receives "Synced/Healthy@sha" per app.
 
     With `rollouts` the sync does not wait for Healthy: a paused canary step is Suspended until promoted.
+    `images`: app -> the images the move put in it, so an app at a later commit that kept them is not synced
+    back (see argocd.sync).
     """
     waits = activity_options(plan.activities, env.task_queue, waits=True)
     for app in apps:
         synced: ArgoSyncResult = await workflow.execute_activity(
             "argocd.sync",
-            ArgoSyncInput(instance=env.site, app=app, revision=commit, wait_healthy=not rollouts),
+            ArgoSyncInput(
+                instance=env.site,
+                app=app,
+                revision=commit,
+                wait_healthy=not rollouts,
+                images=(images or {}).get(app, []),
+            ),
             result_type=ArgoSyncResult,
             **waits,
         )

@@ -27,11 +27,13 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 with workflow.unsafe.imports_passed_through():
     from workflows import (
         approval_types,  # noqa: F401 - decoded here (GatePolicy, Identity): the sandbox must see it
+        lock_types,  # noqa: F401 - decoded here (LockLease): likewise
         search,
         telemetry,
     )
     from workflows.ci import CIWorkflow, failure_message
     from workflows.environments import argocd_apps, image_pins
+    from workflows.envlock import give_back, hold
     from workflows.freeze import active_freeze
     from workflows.gates import DECISION_REFUSED, PATCH_VERIFIED, PLAINTEXT_REFUSED, GateHandlers, Gates, read_decision
     from workflows.identity import check_size, identify, load_plan, load_policy
@@ -39,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.progressive import (
         ROLLOUT_FAILED,
         abort_rollouts,
+        app_images,
         follow_rollout,
         restore,
         rollout_refs,
@@ -90,11 +93,24 @@ PATCH_GATE_POLICY = "gate-policy-v1"
 PATCH_PROGRESSIVE = "progressive-v1"
 # Verification failures that revert the environment's GitOps commit. Anything else (a system that stays
 # unreachable, a bad request) fails the release for `ferry retry`: reverting would not fix it.
+# Each move-sync-verify of an environment holds that environment's EnvironmentLock (workflows/envlock.py),
+# and a move refused because the environment already runs a newer commit ends the release superseded.
+PATCH_ENV_LOCK = "env-lock-v1"
+NON_MONOTONIC_MOVE = "NonMonotonicMove"  # activities/errors.py: gitops.move refused a step back in app commits
 VERIFICATION_FAILURES = frozenset({"ApplicationDegraded", "SyncFailed", "E2EFailed", ROLLOUT_FAILED})
 
 
 class _RolledBack(Exception):
     """Internal: the environment was reverted after a failed verification; the release ends rolled_back."""
+
+
+class _Overtaken(Exception):
+    """Internal: the environment already runs a newer commit (a descendant of ours); the release ends superseded."""
+
+    def __init__(self, environment: str, commit: str) -> None:
+        super().__init__(environment, commit)
+        self.environment = environment
+        self.commit = commit
 
 
 def release_workflow_id(repo: str, commit: str) -> str:
@@ -123,6 +139,7 @@ class ReleaseWorkflow(GateHandlers):
         self._notices = 0
         self._superseded: Supersede | None = None
         self._verified = False  # set at the start of run(): plan, policies and identities from the workers
+        self._locking = False  # set at the start of run(): environments are held while moved (env-lock-v1)
         self._status = ReleaseStatus(release_id=inp.release_id, commit=inp.commit, branch=inp.branch, stage="starting")
         self._adopt(inp)
 
@@ -298,6 +315,7 @@ class ReleaseWorkflow(GateHandlers):
             inp.plan = await load_plan()
             self._adopt(inp)
             self._verified = True
+        self._locking = workflow.patched(PATCH_ENV_LOCK)
         workflow.upsert_search_attributes(
             [search.COMMIT_SHA.value_set(inp.commit), search.BRANCH.value_set(inp.branch)]
         )
@@ -326,6 +344,10 @@ class ReleaseWorkflow(GateHandlers):
                 await self._deploy(inp, env, ci)
         except _RolledBack:
             return self.status()
+        except _Overtaken as e:
+            repo = inp.release_id.rsplit("/", 1)[0]
+            self._superseded = Supersede(by_commit=e.commit, by_release=f"{repo}/{e.commit[:12]} (in {e.environment})")
+            return self._stop_superseded()
         except (ActivityError, ChildWorkflowError, ApplicationError) as e:
             stage = self._status.stage
             self._failure_type = _failure_type(e)
@@ -498,7 +520,6 @@ class ReleaseWorkflow(GateHandlers):
 
     async def _deploy(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult) -> None:
         plan = inp.plan
-        onprem = activity_options(plan.activities, plan.onprem_queue)
         onprem_waits = activity_options(plan.activities, plan.onprem_queue, waits=True)
         env_status = next(s for s in self._status.environments if s.name == env.name)
 
@@ -510,6 +531,10 @@ class ReleaseWorkflow(GateHandlers):
                     instance="onprem",
                     policy_id=plan.replication_policies[env.site],
                     release_id=inp.release_id,
+                    # What the execution must copy: a rerun after a Reset finds the one that already did.
+                    artifacts=[
+                        ArtifactRef("onprem", plan.onprem_project, a.repository, a.digest) for a in ci.artifacts
+                    ],
                 ),
                 result_type=ReplicationResult,
                 **onprem_waits,
@@ -531,23 +556,49 @@ class ReleaseWorkflow(GateHandlers):
         self._enter(f"deploy:{env.name}", f"moving {env.name} to {inp.commit[:12]}")
         if self._policy:
             await self._supply_chain(inp, env, ci)
+        if not self._locking:
+            await self._move(inp, env, ci, env_status)
+            return
+        env_status.state = "queued"
+        workflow.set_current_details(f"{env.name}: waiting to hold the environment (another move is under way)")
+        lease = await hold(plan, env, f"release {inp.release_id} moves {env.name} to {inp.commit[:12]}")
+        env_status.waited_for, env_status.waited_seconds = lease.waited_for, lease.waited_seconds
+        workflow.set_current_details(f"moving {env.name} to {inp.commit[:12]}")
+        # Not try/finally: a workflow evicted from the cache must not run workflow code on the way out.
+        try:
+            await self._move(inp, env, ci, env_status)
+        except (Exception, asyncio.CancelledError):
+            await give_back(plan, lease)
+            raise
+        await give_back(plan, lease)
+
+    async def _move(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult, env_status: EnvironmentStatus) -> None:
+        """Move `env` to this release's images, then verify it there (or roll back): the part under the lock."""
+        plan = inp.plan
+        onprem = activity_options(plan.activities, plan.onprem_queue)
         env_status.state = "moving"
         pins = image_pins(env, ci.artifacts)
-        move: GitOpsMoveResult = await workflow.execute_activity(
-            "gitops.move",
-            GitOpsMoveInput(
-                repo_url=plan.gitops_repo_url,
-                branch=plan.gitops_branch,
-                environment=env.name,
-                path=env.path,
-                images=pins,
-                release_id=inp.release_id,
-                app_commit=inp.commit,
-                app_repo_url=plan.app_repo_url,  # refuse a move back to an ancestor (replay-safe: input data)
-            ),
-            result_type=GitOpsMoveResult,
-            **onprem,
-        )
+        try:
+            move: GitOpsMoveResult = await workflow.execute_activity(
+                "gitops.move",
+                GitOpsMoveInput(
+                    repo_url=plan.gitops_repo_url,
+                    branch=plan.gitops_branch,
+                    environment=env.name,
+                    path=env.path,
+                    images=pins,
+                    release_id=inp.release_id,
+                    app_commit=inp.commit,
+                    app_repo_url=plan.app_repo_url,  # refuse a move back to an ancestor (replay-safe: input data)
+                ),
+                result_type=GitOpsMoveResult,
+                **onprem,
+            )
+        except ActivityError as e:
+            if self._locking and _failure_type(e) == NON_MONOTONIC_MOVE:
+                env_status.state = "superseded"
+                raise _Overtaken(env.name, _detail(e, "running_commit")) from e
+            raise
         env_status.gitops_commit = move.commit
         record = self._records.setdefault(env.name, EnvironmentRecord())
         record.moved_at = workflow.now().isoformat()
@@ -579,7 +630,15 @@ class ReleaseWorkflow(GateHandlers):
         env_status.state = "syncing"
         apps = argocd_apps(plan, env, ci.artifacts)
         workflow.set_current_details(f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
-        await sync_apps(plan, env, move.commit, apps, env_status.apps, rollouts=bool(refs))
+        await sync_apps(
+            plan,
+            env,
+            move.commit,
+            apps,
+            env_status.apps,
+            rollouts=bool(refs),
+            images=app_images(plan, env, ci.artifacts, pins) if self._locking else None,
+        )
 
         if refs:
             env_status.state = "rolling_out"

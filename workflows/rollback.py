@@ -1,20 +1,34 @@
-"""The Rollback workflow: put one environment back on an earlier release's images, on purpose and on record.
+"""The Rollback workflow: put one environment back on the whole state it had under an earlier release.
 
 GitOps moves only go forward (an ancestor of the running app commit is refused by `gitops.move`); going back
 is this workflow, started by `ferry rollback ENV --to RELEASE --comment TEXT`. It checks that the requester
-may roll that environment back, reads what the environment runs now (the "from" of the audit), confirms the
-images are still in the environment's Harbor, moves the environment with `rollback=True` (the GitOps commit
-carries a `Ferry-Rollback: <who>: <comment>` trailer), syncs Argo CD at that commit and sees every Argo
-Rollout Healthy on those images (`workflows.progressive.restore`: the same way back as a release's automatic
-rollback). The audit entry (who, when, environment, from, to, comment) stays in the `status` query, refusals
-included.
+may roll that environment back, reads what the environment runs now (the "from" of the audit), reads the
+environment's whole state when the release was deployed there (`gitops.state_at`: every pin of its
+kustomization at the release's move commit, the GitOps repo being the source of truth), confirms the images
+that change are still in the environment's Harbor, moves the environment to all of those pins with
+`rollback=True` (the GitOps commit carries a `Ferry-Rollback: <who>: <comment>` trailer), syncs Argo CD at
+that commit and sees every Argo Rollout Healthy on its image (`workflows.progressive.restore`: the same way
+back as a release's automatic rollback). The audit entry (who, when, environment, from, to, comment) and
+each image's change (from, to, or why it was left behind) stay in the `status` query, refusals included.
 
-Freeze windows do not hold a rollback back: it is the incident's way out, and it is audited instead.
+What a whole-state rollback restores: the pin of every service of the environment (in the workers'
+ferry.yaml) as it was at the target's move commit, services the target did not build included. What it
+cannot restore it leaves and lists, never silently: a service added after the target (the target's state has
+no pin for it, and a rollback does not remove a service), a pin of the target's state that no service of
+the environment uses any more (removed since, or pinned outside Ferry), other images pinned outside Ferry.
+It refuses, changing nothing, when there is no such state (the target never stayed deployed there, its move
+commit is gone or is not the one the request names) or an image that would change is gone from Harbor.
+Runs started before this (no `rollback-whole-state-v1` marker) pin the target's own images only.
+
+The environment is held (workflows/envlock.py) from the first read to the last Rollout Healthy, so no
+release moves it in between. Freeze windows do not hold a rollback back: it is the incident's way out, and
+it is audited instead.
 Deterministic: no I/O, time from `workflow.now()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 
@@ -22,27 +36,44 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import search, telemetry
+    from workflows import (
+        lock_types,  # noqa: F401 - decoded here (LockLease): the sandbox must see it
+        search,
+        telemetry,
+    )
     from workflows.approval_types import GatePolicy
     from workflows.ci import failure_message
     from workflows.environments import argocd_apps, image_pins
+    from workflows.envlock import give_back, hold
     from workflows.gates import PATCH_VERIFIED
     from workflows.identity import check_size, identify, load_plan, load_policy
     from workflows.options import activity_options
-    from workflows.progressive import restore, rollout_refs, service_images
+    from workflows.progressive import image_of, restore, rollout_refs, service_images
     from workflows.types import (
+        Artifact,
         ArtifactRef,
         DeployedInput,
         DeployedRevision,
         EnvironmentSpec,
+        EnvironmentState,
+        EnvironmentStateInput,
         GitOpsMoveInput,
         GitOpsMoveResult,
+        ImagePin,
+        ReleasePlan,
         RollbackAuditEntry,
+        RollbackImage,
         RollbackInput,
         RollbackStatus,
     )
 
 ROLLBACK_FAILED = "RollbackFailed"
+# Restore the target's whole environment state (every service's pin at its move commit), not only its images.
+PATCH_WHOLE_STATE = "rollback-whole-state-v1"
+# Error types the whole-state path refuses on (nothing changed): activities.gitops.UNRESTORABLE_STATE and
+# activities.errors.ARTIFACT_MISSING (harbor.confirm), spelled here to keep the workflow free of their imports.
+UNRESTORABLE = "UnrestorableState"
+ARTIFACT_MISSING = "ArtifactMissing"
 
 
 def rollback_workflow_id(repo: str, environment: str, commit: str) -> str:
@@ -51,10 +82,54 @@ def rollback_workflow_id(repo: str, environment: str, commit: str) -> str:
 
 
 def rollback_target(inp: RollbackInput) -> str:
-    """What a signed rollback request names: the target release and a digest of the exact images, so a
-    signature cannot be reused to put other images in place."""
-    images = "\n".join(sorted(f"{a.service}={a.repository}@{a.digest}" for a in inp.artifacts))
+    """What a signed rollback request names: the target release and a digest of its exact images and of the
+    GitOps commit whose whole state is restored, so a signature cannot be reused to put other images in place.
+
+    The commit binds every pin restored: git names a commit by its content, and the worker restores the pins
+    of that commit only (after checking it is the target's move commit there). The CLI and the worker both
+    compute this from the request; a request without the commit (older CLIs) binds the release's images, and
+    the worker reads the state of that release from the GitOps history.
+    """
+    lines = sorted(f"{a.service}={a.repository}@{a.digest}" for a in inp.artifacts)
+    if inp.target_gitops_commit:
+        lines.append(f"gitops={inp.target_gitops_commit}")
+    images = "\n".join(lines)
     return f"{inp.target_release_id} {hashlib.sha256(images.encode()).hexdigest()[:32]}"
+
+
+def restoration(
+    plan: ReleasePlan, env: EnvironmentSpec, state: EnvironmentState
+) -> tuple[list[ImagePin], list[RollbackImage]]:
+    """What restoring `state` pins (every service's pin at the target's move commit) and what each image does.
+
+    Pure: (the pins of the move, one RollbackImage per image pinned then or now, by name). A service is a
+    ferry.yaml service with an Argo CD application in `env`, known by its image name (`image`, or its name).
+    """
+    rid = state.release_id
+    services = {(s.image or s.name): s.name for s in plan.services if env.name in s.argocd_apps}
+    then = {p.name: p for p in state.images}
+    now = {p.name: p for p in state.current}
+    pins: list[ImagePin] = []
+    images: list[RollbackImage] = []
+    for name in sorted(then.keys() | now.keys()):
+        service = services.get(name, "")
+        before = image_of(now[name]) if name in now else ""
+        target = image_of(then[name]) if name in then else ""
+        if name in then and service:
+            pins.append(then[name])
+            images.append(RollbackImage(name, service, before, target, target))
+            continue
+        if name in then:
+            why = (
+                f"pinned in {rid}'s state, but no service of ferry.yaml uses it in {env.name} now (removed since "
+                f"{rid}, or pinned outside Ferry): not restored"
+            )
+        elif service:
+            why = f"added after {rid}: {rid}'s state has no pin for it, and a rollback does not remove a service"
+        else:
+            why = f"not in {rid}'s state and no service of ferry.yaml in {env.name}: pinned outside Ferry, left as is"
+        images.append(RollbackImage(name, service, before, before, target, "" if before == target else why))
+    return pins, images
 
 
 def may_roll_back(
@@ -111,7 +186,8 @@ def refusal(inp: RollbackInput, policy: GatePolicy | None = None, aliases: list[
 
 @workflow.defn(name="Rollback")
 class RollbackWorkflow:
-    """Rolls one environment back to a release's images, after checking who asks; audited in `status`."""
+    """Rolls one environment back to its whole state under a release, after checking who asks; audited in
+    `status`, with each image's change."""
 
     @workflow.init
     def __init__(self, inp: RollbackInput) -> None:
@@ -127,8 +203,10 @@ class RollbackWorkflow:
 
     @workflow.query
     def status(self) -> RollbackStatus:
-        """Stage, outcome, from and to commits, the GitOps commit, Argo CD apps and the audit."""
-        return dataclasses.replace(self._status, audit=list(self._status.audit), apps=dict(self._status.apps))
+        """Stage, outcome, from and to commits, the GitOps commits, each image's change, Argo CD apps, audit."""
+        return dataclasses.replace(
+            self._status, audit=list(self._status.audit), apps=dict(self._status.apps), images=list(self._status.images)
+        )
 
     @workflow.run
     async def run(self, inp: RollbackInput) -> RollbackStatus:
@@ -143,7 +221,11 @@ class RollbackWorkflow:
             return self._refuse(inp, reason)
         env = next(e for e in inp.plan.environments if e.name == inp.environment)
         try:
-            await self._roll_back(inp, env)
+            if workflow.patched(PATCH_WHOLE_STATE):
+                if reason := await self._held(inp, env):
+                    return self._refuse(inp, reason)
+            else:
+                await self._roll_back(inp, env)
         except (ActivityError, ApplicationError) as e:
             stage = self._status.stage
             self._status.outcome = "failed"
@@ -154,7 +236,9 @@ class RollbackWorkflow:
             raise ApplicationError(self._status.error, type=ROLLBACK_FAILED, non_retryable=True) from e
         self._status.outcome = "succeeded"
         telemetry.rolled_back(env.name)
-        self._enter("done", f"{env.name} rolled back to {inp.target_release_id} ({inp.target_commit[:12]})")
+        left = [i.name for i in self._status.images if i.left_behind]
+        behind = f"; left behind: {', '.join(left)}" if left else ""
+        self._enter("done", f"{env.name} rolled back to {inp.target_release_id} ({inp.target_commit[:12]}){behind}")
         return self.status()
 
     async def _verify(self, inp: RollbackInput) -> tuple[RollbackInput, GatePolicy | None, list[str] | None, str]:
@@ -198,19 +282,9 @@ class RollbackWorkflow:
 
     async def _roll_back(self, inp: RollbackInput, env: EnvironmentSpec) -> None:
         plan = inp.plan
-        onprem = activity_options(plan.activities, plan.onprem_queue)
         site = activity_options(plan.activities, env.task_queue)
 
-        self._enter("read", f"reading what {env.name} runs")
-        deployed: DeployedRevision = await workflow.execute_activity(
-            "gitops.deployed",
-            DeployedInput(
-                repo_url=plan.gitops_repo_url, branch=plan.gitops_branch, environment=env.name, path=env.path
-            ),
-            result_type=DeployedRevision,
-            **onprem,
-        )
-        self._status.from_commit = deployed.app_commit
+        await self._read_deployed(plan, env)
 
         if env.site != "onprem":
             # The target's images were replicated when it was released; a registry clean-up may have removed
@@ -226,6 +300,118 @@ class RollbackWorkflow:
                     **site,
                 )
 
+        await self._move_sync_verify(inp, env, image_pins(env, inp.artifacts), inp.artifacts)
+
+    async def _read_deployed(self, plan: ReleasePlan, env: EnvironmentSpec) -> None:
+        """What the environment runs now (its app commit), for the status's `from`."""
+        self._enter("read", f"reading what {env.name} runs")
+        deployed: DeployedRevision = await workflow.execute_activity(
+            "gitops.deployed",
+            DeployedInput(
+                repo_url=plan.gitops_repo_url, branch=plan.gitops_branch, environment=env.name, path=env.path
+            ),
+            result_type=DeployedRevision,
+            **activity_options(plan.activities, plan.onprem_queue),
+        )
+        self._status.from_commit = deployed.app_commit
+
+    async def _held(self, inp: RollbackInput, env: EnvironmentSpec) -> str:
+        """`_whole_state` while holding the environment (workflows/envlock.py): from the first read of what it
+        runs to the last Rollout Healthy, no release moves it, so what the rollback reports is what it did."""
+        self._enter("queued", f"waiting to hold {env.name} (another move may be under way)")
+        lease = await hold(inp.plan, env, f"rollback of {env.name} to {inp.target_release_id}")
+        # Not try/finally: a workflow evicted from the cache must not run workflow code on the way out.
+        try:
+            reason = await self._whole_state(inp, env)
+        except (Exception, asyncio.CancelledError):
+            await give_back(inp.plan, lease)
+            raise
+        await give_back(inp.plan, lease)
+        return reason
+
+    async def _whole_state(self, inp: RollbackInput, env: EnvironmentSpec) -> str:
+        """Restore the target's whole state in `env`; returns why it cannot be restored ('' when it was)."""
+        plan = inp.plan
+        onprem = activity_options(plan.activities, plan.onprem_queue)
+        rid = inp.target_release_id
+
+        await self._read_deployed(plan, env)
+
+        self._enter("state", f"reading {env.name}'s state when {rid} was deployed there")
+        try:
+            state: EnvironmentState = await workflow.execute_activity(
+                "gitops.state_at",
+                EnvironmentStateInput(
+                    repo_url=plan.gitops_repo_url,
+                    branch=plan.gitops_branch,
+                    environment=env.name,
+                    path=env.path,
+                    release_id=rid,
+                    app_commit=inp.target_commit,
+                    expected=image_pins(env, inp.artifacts),
+                    commit=inp.target_gitops_commit,
+                ),
+                result_type=EnvironmentState,
+                **onprem,
+            )
+        except ActivityError as e:
+            if _cause_type(e) == UNRESTORABLE:
+                return f"cannot restore {env.name} to {rid}: {failure_message(e)}"
+            raise
+        self._status.state_commit = state.commit
+        pins, images = restoration(plan, env, state)
+
+        changing = [i for i in images if i.after != i.before]
+        if env.site != "onprem" and changing:
+            # Images replicated when the target was released may have been cleaned up since: all of them are
+            # checked (a missing one will not come back by waiting), and any missing refuses the rollback.
+            self._enter("confirm", f"confirming {len(changing)} image(s) in {env.site} Harbor")
+            site = activity_options(plan.activities, env.task_queue)
+            site["retry_policy"] = dataclasses.replace(
+                site["retry_policy"], non_retryable_error_types=[ARTIFACT_MISSING]
+            )
+            by_name = {p.name: p for p in pins}
+            checks = [
+                workflow.execute_activity(
+                    "harbor.confirm",
+                    ArtifactRef(
+                        instance=env.site,
+                        project=env.harbor_project,
+                        repository=i.name,
+                        digest=by_name[i.name].digest,
+                    ),
+                    result_type=ArtifactRef,
+                    **site,
+                )
+                for i in changing
+            ]
+            answers = await asyncio.gather(*checks, return_exceptions=True)
+            missing = []
+            for image, answer in zip(changing, answers, strict=True):
+                if isinstance(answer, ActivityError) and _cause_type(answer) == ARTIFACT_MISSING:
+                    missing.append(f"{image.service} ({image.after})")
+                elif isinstance(answer, BaseException):
+                    raise answer
+            if missing:
+                return (
+                    f"cannot restore {env.name} to {rid}: {', '.join(missing)} no longer in {env.site} Harbor "
+                    f"(project {env.harbor_project}); nothing was changed. Restore the image(s) in Harbor, or roll "
+                    "back to another release"
+                )
+
+        self._status.images = images
+        service_of = {i.name: i.service for i in images}
+        restored = [Artifact(service=service_of[p.name], repository=p.name, digest=p.digest) for p in pins]
+        await self._move_sync_verify(inp, env, pins, restored)
+        return ""
+
+    async def _move_sync_verify(
+        self, inp: RollbackInput, env: EnvironmentSpec, pins: list[ImagePin], artifacts: list[Artifact]
+    ) -> None:
+        """The part that changes the environment: one GitOps move to `pins`, Argo CD synced at that commit,
+        and every Rollout of `artifacts`' services Healthy on its image. Everything before this only reads."""
+        plan = inp.plan
+        onprem = activity_options(plan.activities, plan.onprem_queue)
         self._enter("move", f"moving {env.name} back to {inp.target_commit[:12]}")
         move: GitOpsMoveResult = await workflow.execute_activity(
             "gitops.move",
@@ -234,7 +420,7 @@ class RollbackWorkflow:
                 branch=plan.gitops_branch,
                 environment=env.name,
                 path=env.path,
-                images=image_pins(env, inp.artifacts),
+                images=pins,
                 release_id=inp.target_release_id,
                 app_commit=inp.target_commit,
                 app_repo_url=plan.app_repo_url,
@@ -248,11 +434,11 @@ class RollbackWorkflow:
         self._status.gitops_commit = move.commit
         self._audit("rolled-back")
 
-        apps = argocd_apps(plan, env, inp.artifacts)
+        apps = argocd_apps(plan, env, artifacts)
         self._enter("sync", f"{env.name}: syncing {', '.join(apps)} at {move.commit[:12]}")
         # The same way back as a release's automatic rollback: sync, then every Rollout Healthy on the images.
-        images = service_images(env, inp.artifacts, image_pins(env, inp.artifacts))
-        refs = rollout_refs(env, [a.service for a in inp.artifacts])
+        images = service_images(env, artifacts, pins)
+        refs = rollout_refs(env, [a.service for a in artifacts])
         await restore(
             plan, env, move.commit, apps, {svc: (ref, images[svc]) for svc, ref in refs.items()}, self._status.apps
         )
@@ -282,3 +468,13 @@ class RollbackWorkflow:
         workflow.set_current_details(details)
         workflow.upsert_search_attributes([search.RELEASE_STAGE.value_set(f"rollback:{stage}")])
         telemetry.log("stage entered", stage=f"rollback:{stage}", details=details)
+
+
+def _cause_type(err: BaseException) -> str:
+    """The type of the innermost ApplicationError of an activity failure ('' if none)."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type:
+            return cause.type
+        cause = cause.__cause__
+    return ""

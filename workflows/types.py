@@ -88,13 +88,14 @@ class FreezeWindowSpec:
 
 @dataclass
 class ActivitySettings:
-    """Timeouts and retries of every activity call."""
+    """Timeouts and retries of every activity call (see common/config.py Timeouts)."""
 
-    attempts: int = 8
+    attempts: int = 8  # 0: no bound on the count, only retry_budget_seconds
     start_to_close_seconds: float = 1800
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 30.0
     heartbeat_seconds: float = 60.0
+    retry_budget_seconds: float = 0.0  # 0 (plans made before it): attempts alone bound the retries
 
 
 @dataclass
@@ -314,6 +315,13 @@ class ReplicationInput:
     instance: str
     policy_id: int
     release_id: str
+    # The images the release needs copied, as they are on the source Harbor (`instance`). With them a rerun
+    # that lost its heartbeat (a Reset, `ferry retry`) finds the execution of the policy that already covers
+    # them (started after they were pushed) instead of starting a second one.
+    artifacts: list[ArtifactRef] = field(default_factory=list)
+    # ISO 8601 time (with zone): no execution of the policy started before it belongs to this release. Optional;
+    # a workflow can give one it took from its own history (e.g. when CI finished).
+    not_before: str = ""
 
 
 @dataclass
@@ -402,6 +410,9 @@ class ArgoSyncInput:
     app: str
     revision: str
     wait_healthy: bool = True
+    # The images (newName@digest) this move puts in the app. An app already synced at another revision that
+    # runs every one of them is ours deployed (a later commit kept our pins): no sync back to `revision`.
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -532,11 +543,15 @@ class EnvironmentStatus:
     """Where an environment stands for this release."""
 
     name: str
-    state: str = "pending"  # pending | moving | syncing | rolling_out | verifying | deployed | failed | rolled_back
+    # pending | queued | moving | syncing | rolling_out | verifying | deployed | failed | rolled_back | superseded
+    state: str = "pending"
     gitops_commit: str = ""
     apps: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutProgress] = field(default_factory=dict)  # service -> its Rollout's progress
     revert_commit: str = ""
+    # Who held the environment while this release queued for it (workflows/envlock.py), and for how long.
+    waited_for: list[str] = field(default_factory=list)
+    waited_seconds: float = 0.0
 
 
 @dataclass
@@ -749,6 +764,10 @@ class RollbackInput:
     teams: list[str] = field(default_factory=list)
     channel: str = "cli"
     proof: Proof | None = None  # who asks, as a worker verifies it
+    # The GitOps commit that deployed the target release in the environment (from that release's `status`):
+    # its kustomization is the whole state the rollback restores. Part of the signed target (rollback_target),
+    # and the worker restores it only if the GitOps history says it is that release's move commit there.
+    target_gitops_commit: str = ""
 
 
 @dataclass
@@ -769,6 +788,52 @@ class RollbackAuditEntry:
 
 
 @dataclass
+class EnvironmentStateInput:
+    """Every image pin of an environment at the GitOps commit that deployed a release there, and now.
+
+    The move commit is found by its trailers (`Ferry-Release`, `Ferry-Environment`; rollbacks and reverted
+    moves do not count). `expected` are the release's own pins: that commit must hold them. `commit`, when
+    given, is the move commit the request names, and must be one of the release's moves there.
+    """
+
+    repo_url: str
+    branch: str
+    environment: str
+    path: str
+    release_id: str
+    app_commit: str
+    expected: list[ImagePin] = field(default_factory=list)
+    commit: str = ""
+
+
+@dataclass
+class EnvironmentState:
+    """The environment's pins at the release's move commit (`images`) and at the branch head (`current`)."""
+
+    environment: str
+    release_id: str
+    commit: str
+    images: list[ImagePin] = field(default_factory=list)
+    head: str = ""
+    current: list[ImagePin] = field(default_factory=list)
+
+
+@dataclass
+class RollbackImage:
+    """One image of the environment in a whole-state rollback: what it ran, what it runs after, and why.
+
+    Images are `newName@digest` ("" when not pinned). `after` equals `target` unless `left_behind` says why not.
+    """
+
+    name: str  # the `images:` name in the kustomization (the Harbor repository)
+    service: str = ""  # the ferry.yaml service it is, "" when no service of the environment uses it
+    before: str = ""
+    after: str = ""
+    target: str = ""  # pinned at the target release's move commit
+    left_behind: str = ""
+
+
+@dataclass
 class RollbackStatus:
     """Answer of the Rollback workflow's `status` query."""
 
@@ -783,6 +848,9 @@ class RollbackStatus:
     apps: dict[str, str] = field(default_factory=dict)
     audit: list[RollbackAuditEntry] = field(default_factory=list)
     error: str = ""
+    # A whole-state rollback: the target's move commit whose pins were restored, and every image's change.
+    state_commit: str = ""
+    images: list[RollbackImage] = field(default_factory=list)
 
 
 # --- progressive delivery (Argo Rollouts) ---

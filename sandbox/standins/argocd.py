@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.yamlsafe import load_yaml, load_yaml_all
 from sandbox.standins.rollouts import worst_health
 from sandbox.standins.world import iso_s, split_image
 
@@ -161,7 +162,7 @@ def _load_kustomization(
         )
     fail = f"ComparisonError: kustomize build {where} failed: {name}"
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, name or where)
     except yaml.YAMLError as e:
         raise SyncError(f"{fail}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
@@ -188,7 +189,7 @@ def _load_kustomization(
             _load_kustomization(repo, sha, target, depth + 1, mine)
         elif kind == "blob":
             try:
-                docs = list(yaml.safe_load_all(_show(repo, sha, target) or ""))
+                docs = load_yaml_all(_show(repo, sha, target) or "", target)
             except yaml.YAMLError as e:
                 raise SyncError(f"{fail}: resource {resource}: invalid YAML: {e}") from None
             mine += [d for d in docs if isinstance(d, dict)]

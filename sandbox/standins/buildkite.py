@@ -249,6 +249,9 @@ class Build:
     job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     events: list[Any] = field(default_factory=list)
     block: BlockJob | None = None
+    # Sandbox-only: what the environment under test ran while the E2E job ran (app -> images, at start and at
+    # finish), so a test can tell that each E2E ran against its own release's images.
+    observed: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -354,9 +357,11 @@ class BuildkiteState:
 
             def start(at: float) -> None:
                 build.state, build.started_at = "running", at
+                build.observed["start"] = self._environment_images(build)
                 build.events.append(world.after(RUNNING_SECONDS, finish, base=at))
 
             def finish(at: float) -> None:
+                build.observed["finish"] = self._environment_images(build)
                 result = world.scenario.e2e_result
                 build.state, build.finished_at = result, at
                 if result == "failed":
@@ -366,6 +371,18 @@ class BuildkiteState:
 
             build.events.append(world.after(SCHEDULED_SECONDS, start, base=now))
             return build
+
+    def _environment_images(self, build: Build) -> dict[str, list[str]]:
+        """The images every Argo CD app of the build's FERRY_ENVIRONMENT runs now (apps named `*-<env>`)."""
+        env = str(build.env.get("FERRY_ENVIRONMENT") or "")
+        if not env:
+            return {}
+        return {
+            name: list(app.deployed.images) if app.deployed else []
+            for argo in self.world.argocd.values()
+            for name, app in argo.apps.items()
+            if name.endswith(f"-{env}")
+        }
 
     def create_blocked(self, org: str, pipeline: str, body: dict[str, Any]) -> Build:
         """Create a build whose steps before its block step passed: `passed`, blocked on that step."""
@@ -458,6 +475,8 @@ class BuildkiteState:
 
 def _snapshot(build: Build) -> dict[str, Any]:
     out: dict[str, Any] = {"state": build.state, "commit": build.commit, "meta_data": build.meta_data}
+    if build.observed:
+        out.update(env=build.env, observed=build.observed)
     if build.block is not None:
         by = build.block.unblocked_by
         out.update(blocked=build.blocked, step_key=build.block.step_key, unblocked_by=by.name if by else None)

@@ -5,6 +5,13 @@ artifacts keyed by digest (reference = digest or tag), scan overview keyed by re
 executions that read InProgress -> Succeed/Failed/Stopped and really copy artifacts between the two
 instances (Harbor-Cloud holds only what replication copied), 201 + Location for created resources, the
 `{"errors": [{code, message}]}` error body, and `X-Request-Id` echoed on every answer.
+
+Replication as Harbor runs it (src/controller/replication, src/server/v2.0/handler/replication.go): an
+execution enumerates what its policy selects when it starts and makes one task per repository
+(`src_resource` "project/repo [N item(s) in total]", resource_type "artifact"), tasks read Pending ->
+InProgress -> Succeed/Failed/Stopped; listing executions and tasks honours `sort` (default: newest
+start_time first), `page`/`page_size` and the swagger's filters (`policy_id`, `status`, `trigger`; tasks:
+`status`, `resource_type`), with the status and trigger strings reverse-mapped as the handler does.
 """
 
 from __future__ import annotations
@@ -41,6 +48,18 @@ SCANNER = {"name": "Trivy", "vendor": "Aqua Security", "version": "sandbox"}
 SCAN_QUEUE_SECONDS = 0.1
 SCAN_SECONDS = 0.5
 REPLICATION_SECONDS = 1.0
+REPLICATION_TASK_PENDING_SECONDS = 0.2  # a task waits this long for the job service before it runs
+
+# Harbor's zero time, printed for a time not reached yet (an execution or task that has not ended).
+ZERO_TIME = "0001-01-01T00:00:00.000Z"
+# The list handlers reverse-map the API strings to job statuses and pass any other string through, so a raw
+# job status (or trigger) filters too (handler/replication.go ListReplicationExecutions/ListReplicationTasks).
+EXECUTION_STATUS_FILTER = {"Running": "InProgress", "Success": "Succeed", "Error": "Failed"}
+TASK_STATUS_FILTER = {"Running": "InProgress", "Scheduled": "InProgress", "Success": "Succeed", "Error": "Failed"}
+TRIGGER_FILTER = {"MANUAL": "manual", "SCHEDULE": "scheduled", "EVENT": "event_based"}
+# Sortable keys (model columns in src/pkg/task/dao/model.go); Harbor ignores any other `sort` key.
+EXECUTION_SORT_KEYS = frozenset({"id", "status", "trigger", "start_time", "end_time"})
+TASK_SORT_KEYS = frozenset({"id", "status", "job_id", "start_time", "end_time"})
 
 
 def errors(status: int, code: str, message: str) -> JSONResponse:
@@ -133,8 +152,40 @@ class Artifact:
 
 
 @dataclass
+class ReplicationTask:
+    """One task of an execution: the copy of one repository's selected artifacts."""
+
+    id: int
+    execution_id: int
+    project: str
+    repository: str
+    artifacts: list[Artifact]
+    status: str = "Pending"  # API strings: Pending, InProgress, Succeed, Failed, Stopped
+    start_time: float | None = None
+    end_time: float | None = None
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_json(self) -> dict[str, Any]:
+        """The swagger's ReplicationTask definition; names as Harbor's getResourceName prints them."""
+        items = sum(len(a.tags) or 1 for a in self.artifacts)  # its tags, or its digest when untagged
+        name = f"{self.project}/{self.repository} [{items} item(s) in total]"
+        return {
+            "id": self.id,
+            "execution_id": self.execution_id,
+            "status": self.status,
+            "job_id": self.job_id,
+            "operation": "copy",
+            "resource_type": "artifact",
+            "src_resource": name,
+            "dst_resource": name,  # the stand-in copies into the same project and repository
+            "start_time": iso_ms(self.start_time) if self.start_time is not None else ZERO_TIME,
+            "end_time": iso_ms(self.end_time) if self.end_time is not None else ZERO_TIME,
+        }
+
+
+@dataclass
 class Execution:
-    """A replication execution and its per-artifact tasks."""
+    """A replication execution and its tasks, one per repository."""
 
     id: int
     policy_id: int
@@ -142,13 +193,13 @@ class Execution:
     status: str = "InProgress"
     status_text: str = ""
     end_time: float | None = None
-    tasks: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[ReplicationTask] = field(default_factory=list)
     trigger: str = "manual"
     event: Any = None
 
     def to_json(self) -> dict[str, Any]:
-        """The swagger's ReplicationExecution definition."""
-        count = {s: sum(1 for t in self.tasks if t["status"] == s) for s in ("Succeed", "Failed", "Stopped")}
+        """The swagger's ReplicationExecution definition; the counters come from the tasks (convertExecution)."""
+        count = {s: sum(1 for t in self.tasks if t.status == s) for s in ("Succeed", "Failed", "Stopped")}
         return {
             "id": self.id,
             "policy_id": self.policy_id,
@@ -157,12 +208,13 @@ class Execution:
             "trigger": self.trigger,
             "start_time": iso_ms(self.start_time),
             # Harbor prints the zero time for an execution that has not ended.
-            "end_time": iso_ms(self.end_time) if self.end_time else "0001-01-01T00:00:00.000Z",
+            "end_time": iso_ms(self.end_time) if self.end_time else ZERO_TIME,
             "total": len(self.tasks),
             "succeed": count["Succeed"],
             "failed": count["Failed"],
             "stopped": count["Stopped"],
-            "in_progress": 0 if self.status != "InProgress" else len(self.tasks),
+            # pending + scheduled + running tasks
+            "in_progress": sum(1 for t in self.tasks if t.status in ("Pending", "InProgress")),
         }
 
 
@@ -387,13 +439,32 @@ class HarborInstance:
             return True
         return hit != excludes
 
-    def start_replication(self, policy_id: int) -> Execution:
-        """Create an execution (InProgress) that copies the matching artifacts after a short delay."""
+    def start_replication(
+        self, policy_id: int, *, trigger: str = "manual", only: list[Artifact] | None = None
+    ) -> Execution:
+        """Create an execution (InProgress) that copies what the policy selects now, after a short delay.
+
+        Like Harbor, the execution enumerates its resources when it starts, one task per repository: an
+        artifact pushed later is not part of it. `only` is what an event_based execution gets instead: the one
+        artifact whose push fired it (the HTTP API only starts manual executions).
+        """
         policy = self.policies[policy_id]
         now = self.world.now()
-        execution = Execution(self._next("execution"), policy_id, now)
+        execution = Execution(self._next("execution"), policy_id, now, trigger=trigger)
         self.executions[execution.id] = execution
         target = self.target_of(policy)
+        by_repository: dict[tuple[str, str], list[Artifact]] = {}
+        for artifact in self.matching(policy) if only is None else only:
+            by_repository.setdefault((artifact.project, artifact.repository), []).append(artifact)
+        execution.tasks = [
+            ReplicationTask(self._next("task"), execution.id, project, repository, artifacts)
+            for (project, repository), artifacts in sorted(by_repository.items())
+        ]
+
+        def running(at: float) -> None:
+            for task in execution.tasks:
+                if task.status == "Pending":
+                    task.status, task.start_time = "InProgress", at
 
         def run(at: float) -> None:
             if execution.status != "InProgress":
@@ -405,37 +476,33 @@ class HarborInstance:
                 failure = f"failed to reach the destination registry harbor-{target}: it is down (scenario)"
             elif world.scenario.replication_result == "Failed":
                 failure = "replication failed (scenario replication.result: Failed)"
-            for artifact in self.matching(policy):
-                task = {
-                    "id": self._next("task"),
-                    "execution_id": execution.id,
-                    "resource_type": "image",
-                    "src_resource": f"{artifact.project}/{artifact.repository}@{artifact.digest}",
-                    "dst_resource": f"{artifact.project}/{artifact.repository}@{artifact.digest}",
-                    "operation": "copy",
-                    "job_id": str(uuid.uuid4()),
-                    "start_time": iso_ms(execution.start_time),
-                    "end_time": iso_ms(at),
-                    "status": "Failed" if failure else "Succeed",
-                }
+            for task in execution.tasks:
+                if task.start_time is None:
+                    task.start_time = at
                 if not failure:
-                    dest.receive_copy(artifact, at)
-                execution.tasks.append(task)
+                    for artifact in task.artifacts:
+                        dest.receive_copy(artifact, at)
+                task.status, task.end_time = ("Failed" if failure else "Succeed"), at
             execution.status = "Failed" if failure else "Succeed"
-            execution.status_text = failure or ""
+            execution.status_text = failure or ("" if execution.tasks else "no resources need to be replicated")
             execution.end_time = at
 
+        self.world.after(REPLICATION_TASK_PENDING_SECONDS, running, base=now)
         execution.event = self.world.after(REPLICATION_SECONDS, run, base=now)
         return execution
 
     def stop(self, execution: Execution) -> None:
-        """PUT /replication/executions/{id}: stop an execution still in progress."""
+        """PUT /replication/executions/{id}: stop an execution still in progress (and its unfinished tasks)."""
         if execution.status == "InProgress":
             if execution.event is not None:
                 execution.event.cancel()
+            now = self.world.now()
+            for task in execution.tasks:
+                if task.status in ("Pending", "InProgress"):
+                    task.status, task.end_time = "Stopped", now
             execution.status = "Stopped"
             execution.status_text = "stopped by request"
-            execution.end_time = self.world.now()
+            execution.end_time = now
 
     def snapshot(self) -> dict[str, Any]:
         """State for /_sandbox/state."""
@@ -467,6 +534,23 @@ def _page(request: Request, items: list[Any]) -> tuple[list[Any], dict[str, str]
         url = request.url.include_query_params(page=page + 1, page_size=size)
         headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return items[(page - 1) * size : page * size], headers
+
+
+def _sorted(
+    request: Request, items: list[dict[str, Any]], allowed: frozenset[str], default: str
+) -> list[dict[str, Any]]:
+    """Order by the `sort` parameter (`field1,-field2`; `-` descending), else by `default`.
+
+    Keys are compared as the JSON shows them (Harbor's RFC 3339 times sort as text); a key that is not
+    sortable is ignored, as Harbor's query builder does.
+    """
+    keys = [k.strip() for k in request.query_params.get("sort", "").split(",") if k.strip()]
+    keys = [k for k in keys if k.lstrip("-") in allowed] or default.split(",")
+    out = list(items)
+    for key in reversed(keys):  # stable sorts, least significant key first
+        name = key.lstrip("-")
+        out.sort(key=lambda item: (item.get(name) is None, item.get(name)), reverse=key.startswith("-"))
+    return out
 
 
 class _Bad(Exception):
@@ -758,14 +842,22 @@ def build_app(world: World, site: str) -> Starlette:
 
     async def list_executions(request: Request) -> Response:
         params = request.query_params
-        items = sorted(harbor.executions.values(), key=lambda e: -e.id)
+        items = list(harbor.executions.values())
         if params.get("policy_id"):
-            items = [e for e in items if str(e.policy_id) == params["policy_id"]]
+            try:
+                policy_id = int(params["policy_id"])
+            except ValueError:
+                return errors(400, "BAD_REQUEST", "policy_id must be an integer")
+            items = [e for e in items if e.policy_id == policy_id]
         if params.get("status"):
-            items = [e for e in items if e.status == params["status"]]
+            status = EXECUTION_STATUS_FILTER.get(params["status"], params["status"])
+            items = [e for e in items if e.status == status]
         if params.get("trigger"):
-            items = [e for e in items if e.trigger == params["trigger"]]
-        page, headers = _page(request, [e.to_json() for e in items])
+            trigger = TRIGGER_FILTER.get(params["trigger"], params["trigger"])
+            items = [e for e in items if e.trigger == trigger]
+        # Default order: the model's `sort:"default:desc"` on start_time; id breaks ties the same way.
+        listed = _sorted(request, [e.to_json() for e in items], EXECUTION_SORT_KEYS, "-start_time,-id")
+        page, headers = _page(request, listed)
         return JSONResponse(page, headers=headers)
 
     def lookup_execution(request: Request) -> Execution | None:
@@ -788,7 +880,15 @@ def build_app(world: World, site: str) -> Starlette:
         execution = lookup_execution(request)
         if execution is None:
             return errors(404, "NOT_FOUND", f"execution {request.path_params['id']} not found")
-        page, headers = _page(request, execution.tasks)
+        tasks = execution.tasks
+        if request.query_params.get("status"):
+            status = TASK_STATUS_FILTER.get(request.query_params["status"], request.query_params["status"])
+            tasks = [t for t in tasks if t.status == status]
+        listed = [t.to_json() for t in tasks]
+        if request.query_params.get("resource_type"):
+            listed = [t for t in listed if t["resource_type"] == request.query_params["resource_type"]]
+        # Default order: Task.GetDefaultSorts, start_time then id, both descending.
+        page, headers = _page(request, _sorted(request, listed, TASK_SORT_KEYS, "-start_time,-id"))
         return JSONResponse(page, headers=headers)
 
     repo = f"{BASE}/projects/{{project_name}}/repositories/{{repository_name}}"

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.yamlsafe import load_yaml
 from sandbox.standins.world import iso_s
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def build_app(world: World) -> Starlette:
         if not request.query_params.get("fieldManager"):
             return status_error(400, "BadRequest", "PATCH, fieldManager is required for apply requests")
         try:
-            obj = yaml.safe_load(await request.body())
+            obj = load_yaml(await request.body(), "apply configuration")
         except yaml.YAMLError:
             obj = None
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from common.yamlsafe import load_yaml
+
 NAMES = (
     "harbor-onprem",
     "harbor-cloud",
@@ -385,7 +387,7 @@ class World:
             return
         self._scenario_stamp = stamp
         try:
-            data = yaml.safe_load(path.read_text()) if stamp is not None else None
+            data = load_yaml(path.read_text(), str(path)) if stamp is not None else None
             self._scenario = parse_scenario(data, str(path))
             self.scenario_error = None
         except (OSError, yaml.YAMLError, ScenarioError, TypeError) as e:
