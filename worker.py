@@ -60,8 +60,8 @@ async def run_worker(
     )
     acts = SiteActivities.from_config(cfg, site, config_path=config_path)
     functions = list(acts.functions)
-    if site == "onprem":  # the environment locks are Temporal workflows; their activities need the client
-        functions += LockActivities(client, cfg.task_queue(site), poll_seconds=cfg.timeouts.poll_seconds).functions
+    if site == "onprem":  # the environment locks run on the onprem queue, next to the workflows they serve
+        functions += LockActivities(cfg.task_queue(site), check_seconds=cfg.timeouts.heartbeat_seconds).functions
     worker = Worker(
         client,
         task_queue=cfg.task_queue(site),

@@ -49,6 +49,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker  # noqa: E402
 
 from activities.approvals import ApprovalActivities  # noqa: E402
+from activities.envlock import LockActivities  # noqa: E402
 from common import signatures  # noqa: E402
 from common.config import FerryConfig, parse_config  # noqa: E402
 from common.plan import build_plan  # noqa: E402
@@ -56,6 +57,7 @@ from sandbox.config import STANDINS, sandbox_config  # noqa: E402
 from workflows import search  # noqa: E402
 from workflows.approval_types import GatePolicy, Identity, PolicyRequest, VerifyInput  # noqa: E402
 from workflows.ci import CIWorkflow  # noqa: E402
+from workflows.envlock import EnvironmentLock  # noqa: E402
 from workflows.release import ReleaseWorkflow  # noqa: E402
 from workflows.types import (  # noqa: E402
     AnalyzeChangesInput,
@@ -425,8 +427,9 @@ async def release_workers(
         Worker(
             client,
             task_queue=onprem,
-            workflows=[ReleaseWorkflow, CIWorkflow, *(extra_workflows or [])],
-            activities=[*systems.onprem(), *(extra_activities or [])],
+            # The real environment locks, as worker.py runs them: releases hold each environment as they move it.
+            workflows=[ReleaseWorkflow, CIWorkflow, EnvironmentLock, *(extra_workflows or [])],
+            activities=[*systems.onprem(), *LockActivities(onprem).functions, *(extra_activities or [])],
             graceful_shutdown_timeout=timedelta(seconds=5),
             **tuning,
         ),

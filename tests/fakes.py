@@ -16,7 +16,7 @@ from activities import errors
 from activities.approvals import ApprovalActivities
 from common.config import FerryConfig, parse_config
 from common.plan import build_plan
-from workflows.lock_types import AcquireInput, LockLease
+from workflows.lock_types import AcquireInput, LockGrant
 from workflows.types import (
     AnalyzeChangesInput,
     ArgoSyncInput,
@@ -181,14 +181,12 @@ class Fakes:
             previous = [ImagePin(p.name, p.new_name, PREVIOUS_DIGEST) for p in inp.images]
             return GitOpsRevertResult(commit=sha, changed=True, app_commit="0" * 40, images=previous)
 
-        @activity.defn(name="envlock.acquire")
-        async def acquire(inp: AcquireInput) -> LockLease:
-            self._log("envlock.acquire", inp)
-            return LockLease(lock_id=inp.lock_id, environment=inp.environment, holder=inp.holder)
-
-        @activity.defn(name="envlock.release")
-        async def release(lease: LockLease) -> None:
-            self._log("envlock.release", lease)
+        @activity.defn(name="envlock.request")
+        async def request(inp: AcquireInput) -> None:
+            # Granted at once, as an EnvironmentLock nobody else holds would (tests/test_envlock.py has the real one).
+            self._log("envlock.request", inp)
+            holder = activity.client().get_workflow_handle(inp.holder.workflow_id, run_id=inp.holder.run_id)
+            await holder.signal("envlock_granted", LockGrant(inp.lock_id, inp.holder))
 
         @activity.defn(name="gitops.deployed")
         async def deployed(inp: DeployedInput) -> DeployedRevision:
@@ -239,7 +237,7 @@ class Fakes:
 
         fakes = [analyze, render, tekton, cancel, quality, scan, replicate, move, revert, deployed, issue, e2e, sign]
         fakes.append(state_at)
-        fakes += [acquire, release]
+        fakes.append(request)
         fakes += self._both()
         # Not fakes: the workers' own plan, policy and signature checks, over the queue's worker config.
         approvals = ApprovalActivities(worker_config)

@@ -22,12 +22,12 @@ from sample import sample_config
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import CancelledError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.envlock import LockActivities
-from workflows.envlock import EnvironmentLock, give_back, hold, lock_workflow_id
-from workflows.lock_types import AcquireInput, LockHolder, LockLease, LockState
+from workflows.envlock import EnvironmentLock, LockHolderMixin, lock_workflow_id
+from workflows.lock_types import AcquireInput, LockHolder, LockLease, LockState, ReleaseOrder
 from workflows.types import ReleasePlan
 
 
@@ -53,21 +53,21 @@ async def work(args: list) -> None:
 
 
 @workflow.defn(name="TestMover", sandboxed=False)  # test-only; the lock itself runs sandboxed
-class Mover:
+class Mover(LockHolderMixin):
     """Holds the environment, works, gives it back: what a Release does around gitops.move and its checks."""
 
     @workflow.run
     async def run(self, inp: MoverInput) -> LockLease:
         env = inp.plan.environments[0]
-        lease = await hold(inp.plan, env, f"{inp.name} works")
+        lease = await self._hold(inp.plan, env, f"{inp.name} works")
         try:
             await workflow.execute_activity(
                 "test.work", [inp.plan.onprem_queue, inp.work_seconds], start_to_close_timeout=timedelta(seconds=60)
             )
         except (Exception, asyncio.CancelledError):
-            await give_back(inp.plan, lease)
+            await self._give_back(lease)
             raise
-        await give_back(inp.plan, lease)
+        await self._give_back(lease)
         return lease
 
 
@@ -95,16 +95,8 @@ def plan_on(queue: str) -> ReleasePlan:
 
 
 def worker(client: Client, queue: str, *, check_seconds: float = 0.2) -> Worker:
-    locks = LockActivities(client, queue, poll_seconds=0.05, check_seconds=check_seconds)
-    return Worker(
-        client,
-        task_queue=queue,
-        workflows=[EnvironmentLock, Mover],
-        activities=[*locks.functions, work],
-        # Heartbeats (and with them, news of a cancellation) reach the server at once, not every 30 s.
-        max_heartbeat_throttle_interval=timedelta(milliseconds=100),
-        default_heartbeat_throttle_interval=timedelta(milliseconds=100),
-    )
+    locks = LockActivities(queue, check_seconds=check_seconds)
+    return Worker(client, task_queue=queue, workflows=[EnvironmentLock, Mover], activities=[*locks.functions, work])
 
 
 async def start_mover(client: Client, plan: ReleasePlan, name: str, seconds: float) -> WorkflowHandle:
@@ -172,7 +164,7 @@ async def test_a_holder_that_dies_holding_is_freed_for_the_next(dev_env: Workflo
         lease = await asyncio.wait_for(nxt.result(), 30)
         state = await lock_state(client, plan)
     assert lease.waited_for == [doomed.id]
-    assert any(doomed.id in note and "terminated" in note for note in state.freed), state.freed
+    assert any(doomed.id in note and "ended without releasing" in note for note in state.freed), state.freed
 
 
 async def _holds(client: Client, plan: ReleasePlan, workflow_id: str) -> bool:
@@ -204,25 +196,42 @@ async def _queue_empty(client: Client, plan: ReleasePlan) -> bool:
     return (await lock_state(client, plan)).queue == []
 
 
-async def test_acquire_twice_is_one_holder_and_release_twice_is_harmless(
+async def test_a_repeated_request_keeps_one_place_and_a_repeated_release_is_harmless(
     dev_env: WorkflowEnvironment, queue: str
 ) -> None:
     client, plan = dev_env.client, plan_on(queue)
     env = plan.environments[0]
-    locks = LockActivities(client, queue, poll_seconds=0.05)
-    inp = AcquireInput(
-        lock_id=lock_workflow_id(plan, env), environment=env.name, holder=LockHolder("wf-twice", "run-1", "twice")
-    )
-    from temporalio.testing import ActivityEnvironment
-
+    locks = LockActivities(queue)
     async with worker(client, queue):
-        acts = ActivityEnvironment()
-        first = await acts.run(locks.acquire, inp)
-        again = await acts.run(locks.acquire, inp)  # a retry after a lost completion: still the holder
+        first = await start_mover(client, plan, "first", 2)
+        await wait_for(lambda: _holds(client, plan, first.id), "first holding")
+        waiter = LockHolder("wf-twice", "run-1", "twice")
+        inp = AcquireInput(lock_id=lock_workflow_id(plan, env), environment=env.name, holder=waiter)
+        acts = ActivityEnvironment(client=client)
+        await acts.run(locks.request, inp)
+        await acts.run(locks.request, inp)  # a retry after a lost completion: still one place in the queue
         state = await lock_state(client, plan)
-        assert state.holder is not None and state.holder.workflow_id == "wf-twice" and state.queue == []
-        await acts.run(locks.release, first)
-        await acts.run(locks.release, again)
+        assert [q.workflow_id for q in state.queue] == ["wf-twice"]
+        lock = client.get_workflow_handle(lock_workflow_id(plan, env))
+        for _ in range(2):  # withdrawn twice: the second changes nothing
+            await lock.signal(EnvironmentLock.release, ReleaseOrder(holder=waiter))
+        await first.result()
         after = await lock_state(client, plan)
-    assert first.holder.run_id == again.holder.run_id == "run-1"
-    assert after.holder is None and after.grants == 1
+    assert after.queue == [] and after.holder is None and after.grants == 1
+
+
+async def test_a_waiter_that_ended_before_its_turn_is_skipped(dev_env: WorkflowEnvironment, queue: str) -> None:
+    client, plan = dev_env.client, plan_on(queue)
+    async with worker(client, queue):
+        first = await start_mover(client, plan, "first", 1.5)
+        await wait_for(lambda: _holds(client, plan, first.id), "first holding")
+        gone = await start_mover(client, plan, "gone", 0.1)
+        await wait_for(lambda: _known(client, plan, 2), "gone queued")
+        last = await start_mover(client, plan, "last", 0.1)
+        await wait_for(lambda: _known(client, plan, 3), "last queued")
+        await gone.terminate("gone before its turn")  # its run cannot take the grant
+        lease = await asyncio.wait_for(last.result(), 30)
+        state = await lock_state(client, plan)
+    assert lease.waited_for == [first.id, gone.id]  # who was ahead of it when it asked
+    assert any(gone.id in note and "before its turn" in note for note in state.freed), state.freed
+    assert state.grants == 2  # first and last

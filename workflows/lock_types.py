@@ -1,7 +1,7 @@
-"""Payloads of the environment lock: who holds an environment, who waits, and what a holder gets back.
+"""Payloads of the environment lock: who holds an environment, who waits, and what a holder is told.
 
 Apart from workflows/types.py because the lock is its own small protocol between three parties (the
-EnvironmentLock workflow, the `envlock.*` activities, and the workflows that move an environment).
+EnvironmentLock workflow, the `envlock.request` activity, and the workflows that move an environment).
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 class LockHolder:
     """One run of a workflow that holds, or waits for, an environment.
 
-    The run id matters: a Reset or a re-run of the same release is another run, and the lock frees a run
-    that has ended whoever it was.
+    The run id matters: a Reset or a re-run of the same release is another run, and the lock skips or frees
+    a run that has ended, whoever it was.
     """
 
     workflow_id: str
     run_id: str
-    purpose: str = ""  # what the holder does there, for `status` and the UI ("release X moves testbed")
-    since: str = ""  # when it was granted (or queued), set by the lock workflow
+    purpose: str = ""  # what the holder does there, for `state` and the UI ("release X moves testbed")
+    since: str = ""  # when it was queued, then when it was granted (set by the lock workflow)
+    behind: list[str] = field(default_factory=list)  # who held or waited ahead of it when it asked
 
 
 @dataclass
@@ -30,7 +31,7 @@ class LockState:
     holder: LockHolder | None = None
     queue: list[LockHolder] = field(default_factory=list)
     grants: int = 0  # how many times the lock was granted, across runs
-    freed: list[str] = field(default_factory=list)  # recent "holder ended without releasing" notes (bounded)
+    freed: list[str] = field(default_factory=list)  # recent "ended without releasing" notes (bounded)
 
 
 @dataclass
@@ -40,32 +41,39 @@ class LockInput:
     environment: str
     state: LockState | None = None
     idle_seconds: float = 3600.0  # the lock workflow ends after this long with nobody holding or waiting
+    check_seconds: float = 60.0  # while others wait, how often the holder's run is checked to be running
 
 
 @dataclass
 class ReleaseOrder:
-    """Signal to an EnvironmentLock: `holder` is done (or no longer waits); `reason` is for the record."""
+    """Signal to an EnvironmentLock: `holder` is done (or no longer waits)."""
 
     holder: LockHolder
-    reason: str = ""
 
 
 @dataclass
 class AcquireInput:
-    """What `envlock.acquire` needs: which lock (its workflow id), and for which run of which workflow."""
+    """What `envlock.request` needs: which lock (its workflow id), and for which run of which workflow."""
 
     lock_id: str
     environment: str
     holder: LockHolder
-    idle_seconds: float = 3600.0
+
+
+@dataclass
+class LockGrant:
+    """Signal from an EnvironmentLock to a waiting run: it holds the environment now."""
+
+    lock_id: str
+    holder: LockHolder
 
 
 @dataclass
 class LockLease:
-    """The answer of `envlock.acquire`: the caller holds the environment until it gives the lease back."""
+    """What a holder keeps while it holds an environment, to give it back."""
 
     lock_id: str
     environment: str
     holder: LockHolder
     waited_seconds: float = 0.0
-    waited_for: list[str] = field(default_factory=list)  # the workflow ids that held it while we waited
+    waited_for: list[str] = field(default_factory=list)  # the workflow ids ahead of it when it asked

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ci import CIWorkflow, failure_message
     from workflows.environments import argocd_apps, image_pins
-    from workflows.envlock import give_back, hold
+    from workflows.envlock import LockHolderMixin
     from workflows.freeze import active_freeze
     from workflows.gates import DECISION_REFUSED, PATCH_VERIFIED, PLAINTEXT_REFUSED, GateHandlers, Gates, read_decision
     from workflows.identity import check_size, identify, load_plan, load_policy
@@ -124,7 +124,7 @@ def ci_workflow_id(repo: str, commit: str) -> str:
 
 
 @workflow.defn(name="Release")
-class ReleaseWorkflow(GateHandlers):
+class ReleaseWorkflow(GateHandlers, LockHolderMixin):
     """Promotes one commit through every environment, waiting on gates, auditable at each step."""
 
     @workflow.init
@@ -561,16 +561,16 @@ class ReleaseWorkflow(GateHandlers):
             return
         env_status.state = "queued"
         workflow.set_current_details(f"{env.name}: waiting to hold the environment (another move is under way)")
-        lease = await hold(plan, env, f"release {inp.release_id} moves {env.name} to {inp.commit[:12]}")
+        lease = await self._hold(plan, env, f"release {inp.release_id} moves {env.name} to {inp.commit[:12]}")
         env_status.waited_for, env_status.waited_seconds = lease.waited_for, lease.waited_seconds
         workflow.set_current_details(f"moving {env.name} to {inp.commit[:12]}")
         # Not try/finally: a workflow evicted from the cache must not run workflow code on the way out.
         try:
             await self._move(inp, env, ci, env_status)
         except (Exception, asyncio.CancelledError):
-            await give_back(plan, lease)
+            await self._give_back(lease)
             raise
-        await give_back(plan, lease)
+        await self._give_back(lease)
 
     async def _move(self, inp: ReleaseInput, env: EnvironmentSpec, ci: CIResult, env_status: EnvironmentStatus) -> None:
         """Move `env` to this release's images, then verify it there (or roll back): the part under the lock."""

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_types import GatePolicy
     from workflows.ci import failure_message
     from workflows.environments import argocd_apps, image_pins
-    from workflows.envlock import give_back, hold
+    from workflows.envlock import LockHolderMixin
     from workflows.gates import PATCH_VERIFIED
     from workflows.identity import check_size, identify, load_plan, load_policy
     from workflows.options import activity_options
@@ -185,7 +185,7 @@ def refusal(inp: RollbackInput, policy: GatePolicy | None = None, aliases: list[
 
 
 @workflow.defn(name="Rollback")
-class RollbackWorkflow:
+class RollbackWorkflow(LockHolderMixin):
     """Rolls one environment back to its whole state under a release, after checking who asks; audited in
     `status`, with each image's change."""
 
@@ -319,14 +319,14 @@ class RollbackWorkflow:
         """`_whole_state` while holding the environment (workflows/envlock.py): from the first read of what it
         runs to the last Rollout Healthy, no release moves it, so what the rollback reports is what it did."""
         self._enter("queued", f"waiting to hold {env.name} (another move may be under way)")
-        lease = await hold(inp.plan, env, f"rollback of {env.name} to {inp.target_release_id}")
+        lease = await self._hold(inp.plan, env, f"rollback of {env.name} to {inp.target_release_id}")
         # Not try/finally: a workflow evicted from the cache must not run workflow code on the way out.
         try:
             reason = await self._whole_state(inp, env)
         except (Exception, asyncio.CancelledError):
-            await give_back(inp.plan, lease)
+            await self._give_back(lease)
             raise
-        await give_back(inp.plan, lease)
+        await self._give_back(lease)
         return reason
 
     async def _whole_state(self, inp: RollbackInput, env: EnvironmentSpec) -> str:
