@@ -88,6 +88,7 @@ class Fakes:
     failing_gate: set[str] = field(default_factory=set)
     critical: set[str] = field(default_factory=set)
     e2e_fails: bool = False
+    overtaken_by: str = ""  # gitops.move refuses: the environment already runs this (newer) app commit
     degraded: set[str] = field(default_factory=set)
     high: set[str] = field(default_factory=set)  # repositories with CVE-2026-1000 (High)
     unsigned: set[str] = field(default_factory=set)
@@ -169,6 +170,14 @@ class Fakes:
         @activity.defn(name="gitops.move")
         async def move(inp: GitOpsMoveInput) -> GitOpsMoveResult:
             self._log("gitops.move", inp)
+            if self.overtaken_by:
+                raise errors.fatal(
+                    f"environment {inp.environment} runs app commit {self.overtaken_by[:12]}",
+                    errors.NON_MONOTONIC_MOVE,
+                    environment=inp.environment,
+                    running_commit=self.overtaken_by,
+                    requested_commit=inp.app_commit,
+                )
             return GitOpsMoveResult(commit=hashlib.sha1(inp.environment.encode()).hexdigest(), changed=True)
 
         @activity.defn(name="gitops.revert")

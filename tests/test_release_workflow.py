@@ -234,3 +234,17 @@ async def test_degraded_application_is_reverted_in_that_environment(env: Workflo
     # Synced at the move, then at the revert commit (healthy there): the environment runs the old images.
     syncs = [a.revision for _, a in fakes.names("argocd.sync")]
     assert syncs == [result.environments[0].gitops_commit, result.environments[0].revert_commit]
+
+
+async def test_an_environment_already_on_a_newer_commit_ends_the_release_superseded(env: WorkflowEnvironment) -> None:
+    newer = "b" * 40
+    fakes = Fakes(overtaken_by=newer)
+    async with running(env, fakes) as (onprem, cloud):
+        handle = await start(env, onprem, cloud)
+        result = await handle.result()
+    assert result.outcome == "superseded" and result.superseded_by == newer
+    testbed = next(e for e in result.environments if e.name == "testbed")
+    assert testbed.state == "superseded"
+    assert fakes.names("buildkite.e2e") == [] and fakes.names("argocd.sync") == []
+    # It held testbed to try the move: asked for the lock once, for testbed only.
+    assert [i.environment for _, i in fakes.names("envlock.request")] == ["testbed"]

@@ -14,9 +14,10 @@ The protocol, as Temporal's mutex sample has it:
 - when done, the mover signals `release` (a Signal from workflow code: no activity).
 - the lock grants the next in line by signalling it; a mover whose run has ended (terminated, timed out,
   Reset) cannot take the Signal, so the lock notes it and grants the one after. While others wait, the lock
-  checks the holder the same way every `check_seconds` (an `envlock_check` Signal, which only a running
-  run accepts) and frees a holder that ended without releasing. A live holder keeps the lock as long as it
-  must: a canary paused for a person is still a move under way.
+  checks the holder the same way (an `envlock_check` Signal, which only a running run accepts: after
+  `check_seconds`, then twice as long each time, at most every 15 minutes) and frees a holder that ended
+  without releasing. A live holder keeps the lock as long as it must: a canary paused for a person is
+  still a move under way.
 
 What it does not do: authenticate. Anyone who can signal workflows can send `release`; that lets two moves
 overlap, as they did before the lock, and cannot deploy anything by itself.
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
 
 MAX_HISTORY = 2_000  # continue as new past this many events: one lock serves releases for months
 FREED_KEPT = 20
+MAX_CHECK_SECONDS = 900.0  # the longest a holder that ended without releasing keeps others waiting
 LONGEST_WAIT = timedelta(days=7)  # a wait for the lock: longer than any gate's deadline (72 h by default)
 LOCK_WAIT_EXPIRED = "EnvironmentLockWaitExpired"
 GRANTED = "envlock_granted"
@@ -66,6 +68,8 @@ class EnvironmentLock:
         self._state = inp.state or LockState()
         self._changed = False
         self._regrant = False  # the holder asked again (a retried request): tell it again
+        self._checked_since = ""  # the holder (by its grant time) that `_checks` counts checks of
+        self._checks = 0
 
     @workflow.query
     def state(self) -> LockState:
@@ -133,7 +137,13 @@ class EnvironmentLock:
                 continue  # a signal arrived while we were granting: look again before sleeping
             idle = s.holder is None and not s.queue
             waiting = s.holder is not None and bool(s.queue)
-            timeout = inp.idle_seconds if idle else inp.check_seconds if waiting else None
+            if s.holder is None or s.holder.since != self._checked_since:
+                self._checked_since, self._checks = s.holder.since if s.holder else "", 0
+            # Each check is a Signal in the holder's history: soon at first (a terminated release is freed
+            # within a minute or two), then rarer, so a canary paused for 72 hours gets a few hundred, not
+            # thousands.
+            check = min(inp.check_seconds * 2**self._checks, MAX_CHECK_SECONDS)
+            timeout = inp.idle_seconds if idle else check if waiting else None
             try:
                 await workflow.wait_condition(
                     lambda: self._changed or workflow.info().is_continue_as_new_suggested(), timeout=timeout
@@ -141,9 +151,11 @@ class EnvironmentLock:
             except TimeoutError:
                 if s.holder is None and not s.queue:
                     return s
-                if s.holder is not None and s.queue and not await self._tell(s.holder, CHECK):
-                    self._note(s.holder, "ended without releasing")
-                    s.holder = None
+                if s.holder is not None and s.queue:
+                    self._checks += 1
+                    if not await self._tell(s.holder, CHECK):
+                        self._note(s.holder, "ended without releasing")
+                        s.holder = None
             info = workflow.info()
             if info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY:
                 await workflow.wait_condition(workflow.all_handlers_finished)

@@ -91,12 +91,12 @@ PATCH_GATE_POLICY = "gate-policy-v1"
 # Progressive delivery, automatic rollback, feedback issues and the report memo: only in releases that
 # started with them, so histories recorded before replay along the old path.
 PATCH_PROGRESSIVE = "progressive-v1"
-# Verification failures that revert the environment's GitOps commit. Anything else (a system that stays
-# unreachable, a bad request) fails the release for `ferry retry`: reverting would not fix it.
 # Each move-sync-verify of an environment holds that environment's EnvironmentLock (workflows/envlock.py),
 # and a move refused because the environment already runs a newer commit ends the release superseded.
 PATCH_ENV_LOCK = "env-lock-v1"
 NON_MONOTONIC_MOVE = "NonMonotonicMove"  # activities/errors.py: gitops.move refused a step back in app commits
+# Verification failures that revert the environment's GitOps commit. Anything else (a system that stays
+# unreachable, a bad request) fails the release for `ferry retry`: reverting would not fix it.
 VERIFICATION_FAILURES = frozenset({"ApplicationDegraded", "SyncFailed", "E2EFailed", ROLLOUT_FAILED})
 
 
@@ -345,8 +345,8 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
         except _RolledBack:
             return self.status()
         except _Overtaken as e:
-            repo = inp.release_id.rsplit("/", 1)[0]
-            self._superseded = Supersede(by_commit=e.commit, by_release=f"{repo}/{e.commit[:12]} (in {e.environment})")
+            newer = f"{inp.plan.app_repo}-{e.commit[:12]}"  # the release id of the commit the environment runs
+            self._superseded = Supersede(by_commit=e.commit, by_release=newer)  # its environment says "superseded"
             return self._stop_superseded()
         except (ActivityError, ChildWorkflowError, ApplicationError) as e:
             stage = self._status.stage
