@@ -461,7 +461,7 @@ class GitOpsActivities:
             head = repo.git.rev_parse("--verify", "--quiet", f"origin/{inp.branch}^{{commit}}").strip()
         except git.GitCommandError:
             raise fatal(f"{where} has no commits: {rid} was never deployed to {env}", UNRESTORABLE_STATE) from None
-        moves, reverted, trailers = self._moves(repo, head, inp)
+        moves, reverted, trailers = self._moves(repo, head, inp.path, inp.release_id, inp.environment)
         live = [m for m in moves if m not in reverted]
         if not moves:
             raise fatal(
@@ -509,14 +509,14 @@ class GitOpsActivities:
 
     @staticmethod
     def _moves(
-        repo: git.Repo, head: str, inp: EnvironmentStateInput
+        repo: git.Repo, head: str, path: str, release_id: str, environment: str
     ) -> tuple[list[str], dict[str, str], dict[str, dict[str, str]]]:
         """The release's moves of the environment (newest first), what reverted what, and each one's trailers.
 
         Like `released_commits`: a reverted revert reverts nothing, so what it had reverted counts again.
         """
         fields = "%x00".join(f"%(trailers:key={k},valueonly,separator=%x1f)" for k in _STATE_TRAILERS)
-        out = repo.git.log(head, f"--format=%H%x00{fields}%x00%B%x1e", "--", inp.path.strip("/") or ".")
+        out = repo.git.log(head, f"--format=%H%x00{fields}%x00%B%x1e", "--", path.strip("/") or ".")
         moves: list[str] = []
         reverted: dict[str, str] = {}  # reverted commit -> the commit that reverted it
         trailers: dict[str, dict[str, str]] = {}
@@ -531,8 +531,8 @@ class GitOpsActivities:
                 for undone in {*_REVERTS.findall(body), *re.findall(r"[0-9a-f]{40}", values[-1])}:
                     reverted.setdefault(undone, sha)
             if (
-                found.get("Ferry-Release") == inp.release_id
-                and found.get("Ferry-Environment") == inp.environment
+                found.get("Ferry-Release") == release_id
+                and found.get("Ferry-Environment") == environment
                 and "Ferry-Rollback" not in found
             ):
                 moves.append(sha)
@@ -587,6 +587,10 @@ class GitOpsActivities:
             ).split()
             if done:
                 return self._reverted(repo, inp, file, commit=done[0], changed=False)
+            if not_ours := self._not_the_move_of(repo, inp):
+                return GitOpsRevertResult(
+                    commit="", changed=False, skipped=not_ours, app_commit=_running(repo, inp.branch, inp.path)
+                )
             pins = current_pins(file.read_text()) if file.is_file() else {}
             moved_on = [p.name for p in inp.images if pins.get(p.name) != p]
             if moved_on:
@@ -624,6 +628,24 @@ class GitOpsActivities:
             f"{self.max_push_attempts} push attempts; Temporal retries the revert"
         )
 
+    @staticmethod
+    def _not_the_move_of(repo: git.Repo, inp: GitOpsRevertInput) -> str:
+        """Why `inp.commit` is not the release's own move of the environment ('' when it is): an automatic
+        rollback reverts only a commit whose trailers say `Ferry-Release: <release>` and `Ferry-Environment:
+        <env>`, and no rollback, so a wrong commit id can never revert someone else's change."""
+        keys = ("Ferry-Release", "Ferry-Environment", "Ferry-Rollback")
+        fields = "%x00".join(f"%(trailers:key={k},valueonly,separator=%x1f)" for k in keys)
+        values = repo.git.log("-1", f"--format={fields}", inp.commit).split("\x00")
+        release, environment, rollback = (v.split("\x1f")[-1].strip() for v in [*values, "", ""][:3])
+        if release == inp.release_id and environment == inp.environment and not rollback:
+            return ""
+        said = f"release {release or '(none)'}, environment {environment or '(none)'}"
+        said += ", a rollback" if rollback else ""
+        return (
+            f"{inp.environment}: {inp.commit[:12]} is not {inp.release_id}'s move of {inp.environment} (its trailers "
+            f"say {said}): someone else's commit is never reverted; nothing was reverted"
+        )
+
     def _reverted(
         self, repo: git.Repo, inp: GitOpsRevertInput, file: Path, *, commit: str, changed: bool
     ) -> GitOpsRevertResult:
@@ -656,7 +678,11 @@ class GitOpsActivities:
                 raise _broken(where, "not found; create the environment folder with a kustomization") from None
             new_text = pin_images(text, inp.images, where)
             if new_text is None:
-                return GitOpsMoveResult(commit=head, changed=False)
+                # Already pinned: by this release's own earlier move (a retry after a lost push answer), or by
+                # someone else's commit. Only the former is this release's to revert.
+                moves, reverted, _ = self._moves(repo, head, inp.path, inp.release_id, inp.environment)
+                own = "" if inp.rollback else next((m for m in moves if m not in reverted), "")
+                return GitOpsMoveResult(commit=head, changed=False, own_commit=own)
             file.write_text(new_text)
             sha = self._commit(repo, file, commit_message(inp))
             try:
@@ -664,7 +690,7 @@ class GitOpsActivities:
             except _PushRejected:
                 log.info("gitops: %s moved under us (attempt %d); re-applying on the new head", inp.branch, attempt)
                 continue
-            return GitOpsMoveResult(commit=sha, changed=True)
+            return GitOpsMoveResult(commit=sha, changed=True, own_commit=sha)
         raise retryable(
             f"gitops: {inp.environment}: branch {inp.branch} of {redact(inp.repo_url)} kept moving during "
             f"{self.max_push_attempts} push attempts; Temporal retries the move"

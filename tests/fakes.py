@@ -89,6 +89,7 @@ class Fakes:
     critical: set[str] = field(default_factory=set)
     e2e_fails: bool = False
     overtaken_by: str = ""  # gitops.move refuses: the environment already runs this (newer) app commit
+    pinned_by_others: bool = False  # gitops.move finds its pins already set by someone else's commit
     degraded: set[str] = field(default_factory=set)
     high: set[str] = field(default_factory=set)  # repositories with CVE-2026-1000 (High)
     unsigned: set[str] = field(default_factory=set)
@@ -178,7 +179,10 @@ class Fakes:
                     running_commit=self.overtaken_by,
                     requested_commit=inp.app_commit,
                 )
-            return GitOpsMoveResult(commit=hashlib.sha1(inp.environment.encode()).hexdigest(), changed=True)
+            sha = hashlib.sha1(inp.environment.encode()).hexdigest()
+            if self.pinned_by_others:
+                return GitOpsMoveResult(commit=sha, changed=False, own_commit="")
+            return GitOpsMoveResult(commit=sha, changed=True, own_commit=sha)
 
         @activity.defn(name="gitops.revert")
         async def revert(inp: GitOpsRevertInput) -> GitOpsRevertResult:

@@ -142,3 +142,41 @@ async def test_bad_input_changes_nothing(gitops: Path, acts: GitOpsActivities) -
         await acts.revert(revert_input(gitops, "f" * 40, pin("api", D_NEW)))
     assert err.value.type == BAD_COMMIT and "nothing was reverted" in str(err.value)
     assert head(gitops) == before
+
+
+async def test_a_move_that_finds_its_pins_in_place_says_whose_commit_set_them(
+    gitops: Path, acts: GitOpsActivities
+) -> None:
+    def move_input(release: str, app: str) -> GitOpsMoveInput:
+        return GitOpsMoveInput(
+            repo_url=str(gitops),
+            branch="main",
+            environment=ENV,
+            path=ENV,
+            images=[pin("api", D_NEW)],
+            release_id=release,
+            app_commit=app,
+        )
+
+    first = await acts.move(move_input("release/shop/222222222222", NEW_APP))
+    commit_change(gitops, {"staging/notes.txt": "another environment moved\n"}, "staging: unrelated")
+    # A retry after a lost push answer: nothing to write, and the release's own move is still its own.
+    again = await acts.move(move_input("release/shop/222222222222", NEW_APP))
+    assert (again.changed, again.own_commit) == (False, first.commit) and first.own_commit == first.commit
+    assert again.commit == head(gitops)  # what Argo CD syncs at: the branch as it is
+    # Another release whose image has the identical digest (a rebuild): the pins are someone else's commit.
+    rebuild = await acts.move(move_input("release/shop/333333333333", "3" * 40))
+    assert (rebuild.changed, rebuild.own_commit) == (False, "")
+
+
+async def test_a_commit_that_is_not_the_releases_own_move_is_never_reverted(
+    gitops: Path, acts: GitOpsActivities
+) -> None:
+    await move(acts, gitops, OLD_APP, pin("api", D_OLD), release="release/shop/111111111111")
+    theirs = await move(acts, gitops, NEW_APP, pin("api", D_NEW), release="release/shop/999999999999")
+    before = len(log(gitops))
+    # Release 222222222222 asks to revert a commit another release made (a wrong id, a rebuild's no-op move).
+    result = await acts.revert(revert_input(gitops, theirs, pin("api", D_NEW)))
+    assert not result.changed and result.commit == ""
+    assert "is not release/shop/222222222222's move" in result.skipped and "999999999999" in result.skipped
+    assert pinned(gitops) == {"api": D_NEW} and len(log(gitops)) == before

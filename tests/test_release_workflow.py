@@ -236,6 +236,18 @@ async def test_degraded_application_is_reverted_in_that_environment(env: Workflo
     assert syncs == [result.environments[0].gitops_commit, result.environments[0].revert_commit]
 
 
+async def test_a_failed_verification_never_reverts_a_commit_the_release_did_not_make(env: WorkflowEnvironment) -> None:
+    # The pins were already in place by someone else's commit (a rebuild with an identical digest): the
+    # automatic rollback must not revert that commit.
+    fakes = Fakes(degraded={"shop-testbed"}, pinned_by_others=True)
+    async with running(env, fakes) as (onprem, cloud):
+        handle = await start(env, onprem, cloud)
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    assert "not rolled back" in str(err.value.cause) and "never reverted" in str(err.value.cause)
+    assert fakes.names("gitops.revert") == []
+
+
 async def test_an_environment_already_on_a_newer_commit_ends_the_release_superseded(env: WorkflowEnvironment) -> None:
     newer = "b" * 40
     fakes = Fakes(overtaken_by=newer)

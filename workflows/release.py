@@ -720,6 +720,17 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
         )
         if refs:
             await abort_rollouts(plan, env, refs)
+        # Only this release's own move is reverted. A result without `own_commit` (recorded before it existed)
+        # made its commit when it changed something; a move that found the pins in place by someone else's
+        # commit has nothing of this release's to revert.
+        own = move.own_commit or (move.commit if move.changed else "")
+        if not own:
+            raise ApplicationError(
+                f"{cause}; not rolled back: {env.name} already pinned these images before this release's move "
+                f"(GitOps {move.commit[:12]} is not this release's commit), and someone else's commit is never "
+                "reverted; fix forward or `ferry rollback` to an earlier release",
+                type=self._failure_type,
+            )
         reverted: GitOpsRevertResult = await workflow.execute_activity(
             "gitops.revert",
             GitOpsRevertInput(
@@ -727,7 +738,7 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
                 branch=plan.gitops_branch,
                 environment=env.name,
                 path=env.path,
-                commit=move.commit,
+                commit=own,
                 images=pins,
                 release_id=inp.release_id,
                 reason=cause,

@@ -363,10 +363,17 @@ class GitOpsMoveInput:
 
 @dataclass
 class GitOpsMoveResult:
-    """The GitOps commit that holds the pins, and whether this call made it."""
+    """The GitOps commit that holds the pins (to sync at), and whether this call made it.
+
+    `own_commit` is this release's own move commit of the environment, the one an automatic rollback may
+    revert: `commit` when the call made it; when the pins were already in place, the release's earlier move
+    (a retry after a lost push acknowledgement), or "" when someone else's commit set them (say, a rebuild
+    with an identical digest), which nothing of this release may revert.
+    """
 
     commit: str
     changed: bool
+    own_commit: str = ""
 
 
 @dataclass
