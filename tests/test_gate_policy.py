@@ -25,7 +25,7 @@ from common.config import CredentialRef
 from sandbox.receiver import build_receiver
 from workflows.ci import CIWorkflow
 from workflows.release import ReleaseWorkflow
-from workflows.types import Decision, ReleaseInput, ReleaseStatus
+from workflows.types import Decision, ReleaseInput, ReleaseStatus, Supersede
 
 COMMIT = "b" * 40
 HOOK = "http://receiver.test/hooks/t0ken-9f2"
@@ -173,6 +173,24 @@ async def test_approval_in_a_freeze_waits_for_the_window_to_end(time_env: Workfl
     assert [a.environment for _, a in fakes.names("gitops.move")] == ["testbed", "staging", "production"]
     moved_at = datetime.fromisoformat(result.timings["deploy:production"]["started"])
     assert moved_at >= datetime.fromisoformat(frozen.gates[1].frozen_until)
+
+
+async def test_a_release_superseded_while_frozen_does_not_move_when_the_window_ends(
+    time_env: WorkflowEnvironment, receiver: Any
+) -> None:
+    fakes = Fakes()
+    async with running(time_env, fakes, receiver) as queues:
+        handle = await start(time_env, queues, production_frozen_at(await time_env.get_current_time()))
+        await wait_stage(handle, "gate:staging")
+        await approve(handle, "staging", "quinn")
+        await wait_stage(handle, "gate:production")
+        await approve(handle, "production", "rita")
+        await wait_stage(handle, "frozen:production")
+        # A newer commit passed CI meanwhile: its coordinator tells this release.
+        await handle.signal(ReleaseWorkflow.supersede, Supersede(by_commit="d" * 40, by_release="shop-dddddddddddd"))
+        result = await handle.result()
+    assert result.outcome == "superseded" and result.superseded_by == "d" * 40
+    assert [a.environment for _, a in fakes.names("gitops.move")] == ["testbed", "staging"]  # production untouched
 
 
 async def test_override_freeze_deploys_at_once_and_is_audited(time_env: WorkflowEnvironment, receiver: Any) -> None:

@@ -92,7 +92,8 @@ PATCH_GATE_POLICY = "gate-policy-v1"
 # started with them, so histories recorded before replay along the old path.
 PATCH_PROGRESSIVE = "progressive-v1"
 # Each move-sync-verify of an environment holds that environment's EnvironmentLock (workflows/envlock.py),
-# and a move refused because the environment already runs a newer commit ends the release superseded.
+# a move refused because the environment already runs a newer commit ends the release superseded, and so
+# does a supersede order that arrives while an approved move waits out a freeze window.
 PATCH_ENV_LOCK = "env-lock-v1"
 NON_MONOTONIC_MOVE = "NonMonotonicMove"  # activities/errors.py: gitops.move refused a step back in app commits
 # Verification failures that revert the environment's GitOps commit. Anything else (a system that stays
@@ -341,6 +342,8 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
                         return await self._stop_at_gate(env, state)
                     if self._policy:
                         await self._wait_for_freeze(env)
+                        if self._locking and self._superseded is not None:
+                            return self._stop_superseded()  # the window ended on an older commit: not moved
                 await self._deploy(inp, env, ci)
         except _RolledBack:
             return self.status()
@@ -475,7 +478,7 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
     async def _wait_for_freeze(self, env: EnvironmentSpec) -> None:
         """An approved move waits while a freeze window covers the environment, unless overridden."""
         gate = self._gates.status[env.name]
-        while not gate.freeze_overridden_by:
+        while not gate.freeze_overridden_by and not (self._locking and self._superseded is not None):
             loaded = self._gates.policy(env.name)
             windows = loaded.freeze_windows if loaded is not None else self._inp.plan.freeze_windows
             freeze = active_freeze(windows, env.name, workflow.now())
@@ -489,7 +492,8 @@ class ReleaseWorkflow(GateHandlers, LockHolderMixin):
             )
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(
-                    lambda: bool(gate.freeze_overridden_by), timeout=freeze.until - workflow.now()
+                    lambda: bool(gate.freeze_overridden_by) or (self._locking and self._superseded is not None),
+                    timeout=freeze.until - workflow.now(),
                 )
             self._finish_timing(f"frozen:{env.name}")
         gate.frozen_until = ""
